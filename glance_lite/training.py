@@ -1,0 +1,529 @@
+"""Training: Local-Net distillation and fine-tuning (Eq. 1-4), then Global-Net + DAD (Eq. 10).
+
+Three stages, all run by one resumable step loop (:func:`run_stage`):
+
+1. **pretrain** -- distil the Local-Net from the teacher on natural-image patches (Eq. 3).  It does
+   not depend on the category, so it is stored once per preset and teacher under
+   ``data/runs/pretrain-<preset>-<teacher>/`` and shared by every category.
+2. **finetune** -- the same loss on patches of the category's good training images.
+3. **global** -- the Local-Net is frozen; the Global-Net and DAD head minimise
+   ``l = l_IAD + lambda_t * l_DAD`` (Eq. 10) on random patches and their stained copies.
+
+Resuming is exact.  Each step draws its randomness from generators seeded by
+``(seed, stage, step)``, and checkpoints hold the weights, the optimiser state and the loss history,
+so a run stopped after any checkpoint and resumed ends with the same weights, bit for bit on the
+CPU, as an uninterrupted run.  Checkpoints are written atomically and loaded with
+``weights_only=True``.
+
+Defined in :doc:`/notebooks/01_local_net` (stages 1-2) and :doc:`/notebooks/03_heads_and_training`
+(stage 3).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .fileio import GlanceError, atomic_write_json, load_torch, save_torch
+from .global_net import hole_mask
+from .heads import dad_loss, iad_score
+from .local_net import Decoder, LocalNet, local_loss
+from .model import GlanceModel
+from .presets import Preset, hardware_info
+from .stains import add_stain
+
+__all__ = [
+    "StageHistory",
+    "run_stage",
+    "step_generators",
+    "crop_patches",
+    "LocalTrainer",
+    "pretrain_local",
+    "finetune_local",
+    "train_global",
+    "fit",
+    "git_commit",
+]
+
+_STAGE_IDS = {"pretrain": 1, "finetune": 2, "global": 3}
+
+
+@dataclass
+class StageHistory:
+    """Loss curve of one stage: one dict of named losses per step, plus wall time."""
+
+    stage: str
+    records: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def column(self, key: str) -> np.ndarray:
+        """The values of one loss over the steps."""
+        return np.array([r[key] for r in self.records], dtype=float)
+
+    def final(self, key: str = "loss", window: int = 50) -> float:
+        """Mean of the last ``window`` values of ``key`` (nan when empty)."""
+        v = self.column(key)
+        return float(v[-window:].mean()) if len(v) else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "records": self.records, "seconds": self.seconds}
+
+
+def step_generators(seed: int, stage: str, step: int) -> tuple[torch.Generator, np.random.Generator]:
+    """Fresh torch and numpy generators for one step, seeded by ``(seed, stage, step)``."""
+    key = [int(seed), _STAGE_IDS.get(stage, 0), int(step)]
+    ss = np.random.SeedSequence(key)
+    g = torch.Generator().manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0] >> 1))
+    return g, np.random.default_rng(ss.spawn(1)[0])
+
+
+def run_stage(
+    stage: str,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    step_fn: Callable[[int], dict[str, torch.Tensor]],
+    n_steps: int,
+    ckpt_path: str | Path,
+    every: int,
+    stop_after: int | None = None,
+    progress: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> StageHistory:
+    """Run ``step_fn(step)`` for steps ``[start, n_steps)``, resuming from ``ckpt_path`` if present.
+
+    ``step_fn`` returns a dict of losses whose ``"loss"`` entry is back-propagated.  A checkpoint is
+    written every ``every`` steps and at the end.  ``stop_after`` ends the call early after that
+    many steps (used to test resuming).  ``extra`` tensors are stored in, and checked against, the
+    checkpoint (e.g. feature normalisation statistics).
+    """
+    ckpt_path = Path(ckpt_path)
+    hist = StageHistory(stage)
+    start = 0
+    if ckpt_path.is_file():
+        state = load_torch(ckpt_path)
+        for name, m in modules.items():
+            m.load_state_dict(state["modules"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        hist.records = json.loads(state["history"])
+        hist.seconds = float(state["seconds"])
+
+    def save(step: int) -> None:
+        save_torch(
+            ckpt_path,
+            {
+                "stage": stage,
+                "step": step,
+                "modules": {n: m.state_dict() for n, m in modules.items()},
+                "optimizer": optimizer.state_dict(),
+                "history": json.dumps(hist.records),
+                "seconds": hist.seconds,
+                "extra": extra or {},
+            },
+        )
+
+    if start >= n_steps:
+        return hist
+    for m in modules.values():
+        m.train()
+    bar = tqdm(total=n_steps, initial=start, desc=stage, disable=not progress, leave=False)
+    done_here = 0
+    t0 = time.perf_counter()
+    for step in range(start, n_steps):
+        losses = step_fn(step)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        rec = {k: float(v.detach()) for k, v in losses.items()}
+        if not all(np.isfinite(list(rec.values()))):
+            raise GlanceError(f"{stage}: non-finite loss at step {step}: {rec}")
+        hist.records.append(rec)
+        bar.update(1)
+        bar.set_postfix(loss=f"{rec['loss']:.4f}")
+        done_here += 1
+        last = step + 1 == n_steps
+        if (step + 1) % every == 0 or last or (stop_after is not None and done_here >= stop_after):
+            hist.seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save(step + 1)
+        if stop_after is not None and done_here >= stop_after:
+            break
+    bar.close()
+    for m in modules.values():
+        m.eval()
+    return hist
+
+
+def crop_patches(images: torch.Tensor, idx: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, p: int) -> torch.Tensor:
+    """Gather patches ``images[idx, :, top:top+p, left:left+p]`` for a batch, shape (B, C, p, p)."""
+    ar = torch.arange(p, device=images.device)
+    rows = (tops[:, None] + ar)[:, :, None]  # B,p,1
+    cols = (lefts[:, None] + ar)[:, None, :]  # B,1,p
+    out = images[idx[:, None, None], :, rows, cols]  # B,p,p,C
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# Stages 1-2: Local-Net distillation
+# --------------------------------------------------------------------------------------------
+
+
+class LocalTrainer:
+    """Distils a Local-Net from cached teacher features (Eq. 1-3).
+
+    Teacher features are standardised per dimension with the mean and standard deviation of the
+    pre-training targets (as in Uninformed Students), so that the decoder regresses unit-scale
+    targets.  The statistics are kept in the checkpoint and reused for fine-tuning.
+    """
+
+    def __init__(self, preset: Preset, teacher_dim: int) -> None:
+        self.preset = preset
+        self.local_net = LocalNet(patch_size=preset.patch_size, dim=preset.descriptor_dim)
+        self.decoder = Decoder(preset.descriptor_dim, teacher_dim)
+        self.mean = torch.zeros(teacher_dim)
+        self.std = torch.ones(teacher_dim)
+
+    def set_stats(self, targets: torch.Tensor) -> None:
+        self.mean = targets.mean(0)
+        self.std = targets.std(0).clamp_min(1e-6)
+
+    def train(
+        self,
+        stage: str,
+        patches: torch.Tensor,
+        targets: torch.Tensor,
+        steps: int,
+        ckpt: Path,
+        stop_after: int | None = None,
+        progress: bool = True,
+    ) -> StageHistory:
+        p = self.preset
+        params = list(self.local_net.parameters()) + list(self.decoder.parameters())
+        opt = torch.optim.Adam(params, lr=p.lr, weight_decay=p.weight_decay)
+        tn = (targets - self.mean) / self.std
+        n = len(patches)
+
+        def step_fn(step: int) -> dict[str, torch.Tensor]:
+            g, _ = step_generators(p.seed, stage, step)
+            idx = torch.randint(n, (min(p.batch_size, n),), generator=g)
+            z = self.local_net(patches[idx].float())
+            total, parts = local_loss(self.decoder(z), tn[idx], z, p.lambda_k, p.lambda_c)
+            return {"loss": total, **{k: v for k, v in parts.items() if k != "loss"}}
+
+        return run_stage(
+            stage,
+            {"local_net": self.local_net, "decoder": self.decoder},
+            opt,
+            step_fn,
+            steps,
+            ckpt,
+            p.checkpoint_every,
+            stop_after=stop_after,
+            progress=progress,
+        )
+
+    def save(self, path: Path) -> None:
+        save_torch(
+            path,
+            {
+                "local_net": self.local_net.state_dict(),
+                "decoder": self.decoder.state_dict(),
+                "mean": self.mean,
+                "std": self.std,
+            },
+        )
+
+    def load(self, path: Path) -> None:
+        s = load_torch(path)
+        self.local_net.load_state_dict(s["local_net"])
+        self.decoder.load_state_dict(s["decoder"])
+        self.mean, self.std = s["mean"], s["std"]
+
+
+def _teacher_targets(teacher: nn.Module, patches: torch.Tensor, progress: bool) -> torch.Tensor:
+    from .teachers import teacher_features
+
+    return teacher_features(teacher, patches, progress=progress)
+
+
+def _cached(path: Path, make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    if path.is_file():
+        return load_torch(path)
+    obj = make()
+    save_torch(path, obj)
+    return obj
+
+
+def pretrain_local(
+    preset: Preset,
+    teacher: str = "auto",
+    out_dir: str | Path | None = None,
+    corpus_folder: str | Path | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> tuple[LocalTrainer, StageHistory, str]:
+    """Stage 1: distil the Local-Net on natural-image patches; returns (trainer, history, teacher name).
+
+    The result is stored in ``out_dir`` (default ``data/runs/pretrain-<preset>-<teacher>``) and
+    reused by every later call with the same preset and teacher.
+    """
+    from .corpus import natural_images, sample_patches
+    from .paths import runs_dir
+    from .teachers import load_teacher
+
+    t = load_teacher(preset.teacher if teacher == "auto" and preset.teacher != "auto" else teacher,
+                     input_size=preset.teacher_input_size, verbose=progress)
+    out = Path(out_dir) if out_dir else runs_dir() / f"pretrain-{preset.name}-{t.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = LocalTrainer(preset, t.dim)
+    final = out / "local_pretrained.pt"
+    if final.is_file():
+        trainer.load(final)
+        hist = StageHistory("pretrain")
+        hist_path = out / "history.json"
+        if hist_path.is_file():
+            d = json.loads(hist_path.read_text())
+            hist.records, hist.seconds = d["records"], d["seconds"]
+        return trainer, hist, t.name
+
+    def make() -> dict[str, torch.Tensor]:
+        imgs = natural_images(corpus_folder)
+        pt = sample_patches(imgs, preset.pretrain_patches, preset.patch_size, seed=preset.seed)
+        return {"patches": (pt * 255).round().to(torch.uint8), "targets": _teacher_targets(t, pt, progress)}
+
+    cache = _cached(out / "cache.pt", make)
+    patches = cache["patches"].float() / 255
+    trainer.set_stats(cache["targets"])
+    hist = trainer.train("pretrain", patches, cache["targets"], preset.pretrain_steps,
+                         out / "checkpoint.pt", stop_after=stop_after, progress=progress)
+    if len(hist.records) >= preset.pretrain_steps:
+        trainer.save(final)
+        atomic_write_json(out / "history.json", hist.to_dict())
+    return trainer, hist, t.name
+
+
+def _random_crops(images: torch.Tensor, n: int, p: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    N, _, H, W = images.shape
+    idx = torch.randint(N, (n,), generator=g)
+    tops = torch.randint(H - p + 1, (n,), generator=g)
+    lefts = torch.randint(W - p + 1, (n,), generator=g)
+    return crop_patches(images, idx, tops, lefts, p)
+
+
+def finetune_local(
+    trainer: LocalTrainer,
+    train_images: torch.Tensor,
+    teacher: nn.Module,
+    run_dir: str | Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> StageHistory:
+    """Stage 2: fine-tune the Local-Net on patches of the category's good images (same loss)."""
+    p = trainer.preset
+    run_dir = Path(run_dir)
+
+    def make() -> dict[str, torch.Tensor]:
+        pt = _random_crops(train_images, p.finetune_patches, p.patch_size, p.seed + 1)
+        return {"patches": (pt * 255).round().to(torch.uint8), "targets": _teacher_targets(teacher, pt, progress)}
+
+    cache = _cached(run_dir / "checkpoints" / "finetune_cache.pt", make)
+    return trainer.train("finetune", cache["patches"].float() / 255, cache["targets"], p.finetune_steps,
+                         run_dir / "checkpoints" / "finetune.pt", stop_after=stop_after, progress=progress)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 3: Global-Net + DAD head (Eq. 10)
+# --------------------------------------------------------------------------------------------
+
+_CACHE_LIMIT_BYTES = 1.5e9
+
+
+@torch.no_grad()
+def dense_local_cache(model: GlanceModel, images: torch.Tensor, progress: bool = True) -> torch.Tensor | None:
+    """Z_l for every patch position of every training image, float16 (N, n, H-p+1, W-p+1).
+
+    Returns None when it would exceed 1.5 GB (e.g. the paper preset); the trainer then computes
+    the local features of each batch on the fly instead.
+    """
+    N, _, H, W = images.shape
+    p, n = model.preset.patch_size, model.preset.descriptor_dim
+    if N * n * (H - p + 1) * (W - p + 1) * 2 > _CACHE_LIMIT_BYTES:
+        return None
+    out = torch.empty(N, n, H - p + 1, W - p + 1, dtype=torch.float16)
+    for i in tqdm(range(N), desc="local features", disable=not progress, leave=False):
+        out[i] = model.local_net.dense(images[i : i + 1])[0].half()
+    return out
+
+
+def train_global(
+    model: GlanceModel,
+    train_images: torch.Tensor,
+    run_dir: str | Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+    local_cache: torch.Tensor | None = None,
+) -> StageHistory:
+    """Stage 3: train Global-Net and DAD head with ``l = l_IAD + lambda_t * l_DAD`` (Eq. 10).
+
+    Each step draws B random (image, patch position) pairs.  Z_l is the frozen Local-Net feature of
+    the clean patch, and Z_g the Global-Net feature of the image with the patch masked out (Eq. 6).
+    With probability 1/2 a sample's DAD input Z* is the feature of the patch with a random stain
+    (label 1), otherwise Z_l (label 0); see :mod:`glance_lite.heads` for the label convention.
+    """
+    p = model.preset
+    model.freeze_local()
+    run_dir = Path(run_dir)
+    N, _, H, W = train_images.shape
+    P = p.patch_size
+    params = list(model.global_net.parameters()) + list(model.dad.parameters())
+    opt = torch.optim.Adam(params, lr=p.lr, weight_decay=p.weight_decay)
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        g, rng = step_generators(p.seed, "global", step)
+        B = p.batch_size
+        idx = torch.randint(N, (B,), generator=g)
+        tops = torch.randint(H - P + 1, (B,), generator=g)
+        lefts = torch.randint(W - P + 1, (B,), generator=g)
+        neg = torch.rand(B, generator=g) < 0.5
+        images = train_images[idx]
+        with torch.no_grad():
+            if local_cache is not None:
+                z_l = local_cache[idx, :, tops, lefts].float()
+            else:
+                z_l = model.local_net(crop_patches(train_images, idx, tops, lefts, P))
+            z_star = z_l.clone()
+            if neg.any():
+                clean = crop_patches(train_images, idx[neg], tops[neg], lefts[neg], P)
+                stained, _ = add_stain(clean, rng)
+                z_star[neg] = model.local_net(stained)
+        z_g = model.global_net(images, hole_mask((H, W), tops, lefts, P))
+        l_iad = iad_score(z_l, z_g).mean()
+        l_dad = dad_loss(model.dad, z_star, z_g, neg.float())
+        return {"loss": l_iad + p.lambda_t * l_dad, "iad": l_iad, "dad": l_dad}
+
+    return run_stage(
+        "global",
+        {"global_net": model.global_net, "dad": model.dad},
+        opt,
+        step_fn,
+        p.global_steps,
+        run_dir / "checkpoints" / "global.pt",
+        p.checkpoint_every,
+        stop_after=stop_after,
+        progress=progress,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The whole fit
+# --------------------------------------------------------------------------------------------
+
+
+def git_commit() -> str:
+    """The current git commit of the repository (``unknown`` outside a checkout)."""
+    from .paths import repo_root
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True, text=True, timeout=5)
+        sha = out.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_root(),
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def load_train_images(category: Any, preset: Preset) -> torch.Tensor:
+    """All (or ``preset.max_train_images``) good training images as one tensor (N, 3, S, S)."""
+    from .mvtec import MVTecDataset
+
+    ds = MVTecDataset(category, "train", preset.image_size, max_images=preset.max_train_images)
+    if len(ds) == 0:
+        raise GlanceError(f"{category.root}: no training images")
+    return torch.stack([ds[i]["image"] for i in range(len(ds))])
+
+
+def fit(
+    data_root: str | Path,
+    category: str,
+    out: str | Path,
+    preset: Preset,
+    teacher: str = "auto",
+    progress: bool = True,
+    pretrain_dir: str | Path | None = None,
+    corpus_folder: str | Path | None = None,
+) -> GlanceModel:
+    """Train every stage for one category and write a run folder (see :mod:`glance_lite.model`).
+
+    Re-running the same command resumes from the last checkpoint of the unfinished stage.
+    """
+    from .mvtec import find_category
+    from .teachers import load_teacher
+
+    out = Path(out)
+    cat = find_category(data_root, category)
+    cfg_path = out / "config.json"
+    if cfg_path.is_file():
+        old = json.loads(cfg_path.read_text())
+        if old.get("preset") != preset.to_dict() or old.get("category") != category:
+            raise GlanceError(f"{out}: holds a run with another preset or category; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    config = {
+        "category": category,
+        "data_root": str(Path(data_root).resolve()),
+        "preset": preset.to_dict(),
+        "teacher_requested": teacher,
+        "git_commit": git_commit(),
+        "hardware": hardware_info(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if not cfg_path.is_file():
+        atomic_write_json(cfg_path, config)
+    torch.manual_seed(preset.seed)
+    images = load_train_images(cat, preset)
+
+    trainer, h_pre, tname = pretrain_local(preset, teacher, pretrain_dir, corpus_folder, progress)
+    tch = load_teacher(tname, input_size=preset.teacher_input_size, verbose=False)
+    h_fine = finetune_local(trainer, images, tch, out, progress)
+
+    model = GlanceModel(preset, teacher=tname)
+    model.local_net.load_state_dict(trainer.local_net.state_dict())
+    model.freeze_local()
+    # the Global-Net must start from the same weights whether or not the run was resumed
+    torch.manual_seed(preset.seed + 3)
+    model.global_net = type(model.global_net).from_preset(preset)
+    model.dad = type(model.dad)(preset.descriptor_dim, preset.dad_hidden)
+    gdone = (out / "checkpoints" / "global.pt").is_file()
+    cache = None
+    if not gdone or preset.global_steps > 0:
+        cache = dense_local_cache(model, images, progress)
+    h_glob = train_global(model, images, out, progress, local_cache=cache)
+    model.save(out)
+    hist = {h.stage: h.to_dict() for h in (h_pre, h_fine, h_glob)}
+    atomic_write_json(out / "history.json", hist)
+    config.update(
+        teacher=tname,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        fit_seconds_this_call=round(time.perf_counter() - t_start, 1),
+        stage_seconds={h.stage: round(h.seconds, 1) for h in (h_pre, h_fine, h_glob)},
+        final_losses={h.stage: h.final() for h in (h_pre, h_fine, h_glob)},
+    )
+    atomic_write_json(cfg_path, config)
+    try:
+        from .figures import plot_history
+
+        plot_history(hist, out / "losses.png")
+    except Exception:  # noqa: BLE001 - a figure must never lose a finished run
+        pass
+    return model
