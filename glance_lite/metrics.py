@@ -179,19 +179,35 @@ def pro_curve(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
     if n_normal == 0:
         raise MetricError("masks contain no normal pixel; the false-positive rate is undefined")
 
-    flat_labels = labels.ravel()
-    region_size = np.bincount(flat_labels, minlength=n_regions + 1).astype(np.float64)
+    region_size = np.bincount(labels.ravel(), minlength=n_regions + 1).astype(np.float64)
     # weight of each pixel for PRO: 1 / (K * |C_k|) inside region k, 0 on normal pixels
     region_weight = np.zeros(n_regions + 1, dtype=np.float64)
     region_weight[1:] = 1.0 / (region_size[1:] * n_regions)
 
+    # Sort all pixels by score.  A full argsort of millions of pixels is slow, so we sort the
+    # normal pixels' scores alone (a plain sort, no indices needed: they all carry weight 1/|N|),
+    # argsort only the few defect pixels, and merge the two sorted lists by their ranks.
     flat_scores = scores.ravel()
-    order = np.argsort(flat_scores)[::-1]  # descending; the order inside a tie does not matter
-    sorted_scores = flat_scores[order]
-    sorted_labels = flat_labels[order]
+    flat_labels = labels.ravel()
+    is_defect = flat_labels > 0
+    normal_sorted = np.sort(flat_scores[~is_defect])
+    defect_scores = flat_scores[is_defect]
+    order = np.argsort(defect_scores)
+    defect_sorted = defect_scores[order]
+    # where each defect pixel lands in the merged ascending list (ties: before equal normals)
+    slot = np.searchsorted(normal_sorted, defect_sorted) + np.arange(defect_sorted.size)
+    defect_slot = np.zeros(flat_scores.size, dtype=bool)
+    defect_slot[slot] = True
+    merged = np.empty(flat_scores.size, dtype=flat_scores.dtype)
+    merged[slot] = defect_sorted
+    merged[~defect_slot] = normal_sorted
+    weight = np.zeros(flat_scores.size, dtype=np.float64)
+    weight[slot] = region_weight[flat_labels[is_defect][order]]
 
-    fp = np.cumsum(sorted_labels == 0, dtype=np.int64)  # integer counts: exact FPR numerators
-    pro = np.cumsum(region_weight[sorted_labels])
+    # descending order: the first k pixels are those above the k-th threshold
+    sorted_scores = merged[::-1]
+    fp = np.cumsum(~defect_slot[::-1], dtype=np.int64)  # integer counts: exact FPR numerators
+    pro = np.cumsum(weight[::-1])
 
     # one point per distinct score: the last pixel of each run of equal scores
     last_of_run = np.empty(sorted_scores.size, dtype=bool)

@@ -1,0 +1,150 @@
+"""The ``glance-lite`` command line: data tools, fit, evaluate, predict, reproduce.
+
+Every user-facing error (a missing run, a wrong category, an unreadable image, a broken dataset)
+is printed as one line on stderr with a non-zero exit status, never as a traceback.
+
+Defined in :doc:`/book/running`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .fileio import GlanceError
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="glance-lite", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    info = sub.add_parser("info", help="print the preset and the hardware")
+    info.add_argument("--preset", default=None)
+
+    data = sub.add_parser("data", help="dataset tools")
+    dsub = data.add_subparsers(dest="data_cmd", required=True)
+    ins = dsub.add_parser("inspect", help="check a dataset category and print a JSON summary")
+    ins.add_argument("root")
+    ins.add_argument("category")
+    mk = dsub.add_parser("make-offline", help="generate the offline default dataset")
+    mk.add_argument("--out", required=True)
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--size", type=int, default=256)
+    dl = dsub.add_parser("download", help="download MVTec AD (online users)")
+    dl.add_argument("dataset", choices=["mvtec"])
+    dl.add_argument("--out", required=True)
+    dl.add_argument("--category", action="append", default=None, help="repeatable; default: all")
+
+    fit = sub.add_parser("fit", help="train Local-Net, Global-Net and DAD head on one category")
+    fit.add_argument("--data", required=True, help="dataset root (holds the category folder)")
+    fit.add_argument("--category", required=True)
+    fit.add_argument("--out", required=True, help="run folder (resumes if it exists)")
+    fit.add_argument("--preset", default=None, choices=["smoke", "cpu", "paper"])
+    fit.add_argument("--teacher", default="auto", choices=["auto", "resnet18", "efficientnet_lite0"])
+    fit.add_argument("--corpus", default=None, help="ImageNet-style folder for Local-Net distillation")
+    fit.add_argument("--quiet", action="store_true")
+
+    ev = sub.add_parser("evaluate", help="score the test split and write metrics, maps and overlays")
+    ev.add_argument("run")
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--category", required=True)
+    ev.add_argument("--overlays", type=int, default=None, help="max overlay PNGs per defect type")
+    ev.add_argument("--quiet", action="store_true")
+
+    pr = sub.add_parser("predict", help="anomaly maps for images without labels")
+    pr.add_argument("run")
+    pr.add_argument("inputs", nargs="+", help="image files or folders")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--quiet", action="store_true")
+
+    rp = sub.add_parser("reproduce", help="fit + evaluate every category present; write results files")
+    rp.add_argument("--out", default="results")
+    rp.add_argument("--data", action="append", default=None,
+                    help="dataset root(s); default: shared MVTec AD if present, and the offline set")
+    rp.add_argument("--preset", default=None, choices=["smoke", "cpu", "paper"])
+    rp.add_argument("--teacher", default="auto")
+    rp.add_argument("--runs", default=None, help="where run folders go (default data/runs)")
+    rp.add_argument("--category", action="append", default=None)
+    return ap
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .presets import describe, get_preset
+
+    if args.cmd == "info":
+        p = get_preset(args.preset)
+        print(describe(p))
+        print(json.dumps(p.to_dict(), indent=2))
+        return 0
+    if args.cmd == "data":
+        if args.data_cmd == "inspect":
+            from .mvtec import inspect_category
+
+            print(json.dumps(inspect_category(args.root, args.category)))
+            return 0
+        if args.data_cmd == "make-offline":
+            from .offline_data import make_offline
+
+            root = make_offline(args.out, seed=args.seed, size=args.size, progress=True)
+            print(root)
+            return 0
+        if args.data_cmd == "download":
+            from .download import download_mvtec
+
+            print(download_mvtec(args.out, categories=args.category))
+            return 0
+    if args.cmd == "fit":
+        from .training import fit
+
+        p = get_preset(args.preset)
+        print(describe(p), file=sys.stderr)
+        fit(args.data, args.category, args.out, p, teacher=args.teacher, progress=not args.quiet,
+            corpus_folder=args.corpus)
+        print(Path(args.out) / "model.pt")
+        return 0
+    if args.cmd == "evaluate":
+        from .evaluation import evaluate_run
+
+        res = evaluate_run(args.run, args.data, args.category, progress=not args.quiet, overlays=args.overlays)
+        print(json.dumps({k: res[k] for k in ("category", "image_AUROC", "pixel_AUROC", "AU-PRO",
+                                              "seconds_per_image", "preset")}))
+        return 0
+    if args.cmd == "predict":
+        from .evaluation import predict
+
+        recs = predict(args.run, args.inputs, args.out, progress=not args.quiet)
+        for r in recs:
+            print(f"{r['score']:.6f}\t{r['image']}")
+        return 0
+    if args.cmd == "reproduce":
+        from .reproduce import reproduce
+
+        reproduce(args.out, data_roots=args.data, preset=get_preset(args.preset), teacher=args.teacher,
+                  runs=args.runs, categories=args.category)
+        return 0
+    raise AssertionError(args.cmd)  # pragma: no cover
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``glance-lite`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except GlanceError as e:
+        print(f"glance-lite: error: {e}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        print(f"glance-lite: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("glance-lite: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""MVTec-layout loading: the official layout, its variants, bad input, and the shared real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from glance_lite.fileio import DatasetError, GlanceError
+from glance_lite.mvtec import (
+    Category,
+    MVTecDataset,
+    find_category,
+    inspect_category,
+    list_categories,
+    load_image,
+    load_mask,
+)
+
+
+def _img(path: Path, size: tuple[int, int] = (20, 16), mode: str = "RGB", seed: int = 0) -> None:
+    """Write a random image of (width, height) ``size``."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    if mode == "L":
+        a = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    else:
+        a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a, mode=mode).save(path)
+
+
+def _mask(path: Path, size: tuple[int, int] = (20, 16), box: tuple[int, int, int, int] = (2, 3, 8, 9)) -> None:
+    w, h = size
+    a = np.zeros((h, w), np.uint8)
+    x0, y0, x1, y1 = box
+    a[y0:y1, x0:x1] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a, mode="L").save(path)
+
+
+def make_category(
+    root: Path,
+    name: str = "widget",
+    ext: str = ".png",
+    mask_suffix: str = "_mask",
+    masks: bool = True,
+    size: tuple[int, int] = (20, 16),
+    mode: str = "RGB",
+    n_train: int = 3,
+) -> Path:
+    """A tiny MVTec-layout category: 3 train, 2 good + 2 crack + 1 scratch test images."""
+    c = root / name
+    for i in range(n_train):
+        _img(c / "train" / "good" / f"{i:03d}{ext}", size, mode, seed=i)
+    for i in range(2):
+        _img(c / "test" / "good" / f"{i:03d}{ext}", size, mode, seed=10 + i)
+    for defect, n in (("crack", 2), ("scratch", 1)):
+        for i in range(n):
+            _img(c / "test" / defect / f"{i:03d}{ext}", size, mode, seed=20 + i)
+            if masks:
+                _mask(c / "ground_truth" / defect / f"{i:03d}{mask_suffix}.png", size)
+    return c
+
+
+# --------------------------------------------------------------------------------------------
+# layouts that must load
+# --------------------------------------------------------------------------------------------
+
+
+def test_official_layout(tmp_path: Path) -> None:
+    make_category(tmp_path)
+    cat = find_category(tmp_path, "widget")
+    assert isinstance(cat, Category) and cat.has_masks
+    assert len(cat.train) == 3 and len(cat.test) == 5
+    assert cat.defects == ["good", "crack", "scratch"]
+    for s in cat.test:
+        assert s.label == (0 if s.defect == "good" else 1)
+        if s.defect == "good":
+            assert s.mask_path is None
+        else:
+            assert s.mask_path is not None and s.mask_path.name == s.path.stem + "_mask.png"
+    assert list_categories(tmp_path) == ["widget"]
+
+
+@pytest.mark.parametrize("ext,mode", [(".jpg", "RGB"), (".png", "L"), (".bmp", "RGB"), (".tif", "L")])
+def test_variants_masks_without_suffix_formats_modes(tmp_path: Path, ext: str, mode: str) -> None:
+    make_category(tmp_path, ext=ext, mask_suffix="", mode=mode, size=(23, 17))
+    cat = find_category(tmp_path, "widget")
+    assert cat.has_masks
+    ds = MVTecDataset(cat, "test", 12)
+    item = ds[ds.labels.index(1)]
+    assert item["image"].shape == (3, 12, 12) and item["image"].dtype == torch.float32
+    assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
+    if mode == "L":  # grayscale becomes RGB with three equal channels
+        assert torch.equal(item["image"][0], item["image"][1])
+    assert item["mask"].shape == (1, 12, 12)
+    assert set(item["mask"].unique().tolist()) == {0.0, 1.0}
+
+
+def test_no_ground_truth_folder_is_image_level_only(tmp_path: Path) -> None:
+    make_category(tmp_path, masks=False)
+    cat = find_category(tmp_path, "widget")
+    assert not cat.has_masks
+    assert all(s.mask_path is None for s in cat.test)
+    ds = MVTecDataset(cat, "test", 8)
+    defective = [ds[i] for i, y in enumerate(ds.labels) if y == 1]
+    assert defective and all(d["mask"].sum() == 0 for d in defective)
+    info = inspect_category(tmp_path, "widget")
+    assert info["masks"] == 0 and info["test"] == 5
+
+
+def test_load_image_resizes_and_keeps_content(tmp_path: Path) -> None:
+    # A non-square image, left half black, right half white: resizing keeps the two halves.
+    a = np.zeros((10, 30, 3), np.uint8)
+    a[:, 15:] = 255
+    Image.fromarray(a).save(tmp_path / "x.png")
+    t = load_image(tmp_path / "x.png", 16)
+    assert t.shape == (3, 16, 16)
+    assert t[:, :, :6].max() < 0.05 and t[:, :, 10:].min() > 0.95
+    t0 = load_image(tmp_path / "x.png", None)
+    assert t0.shape == (3, 10, 30)
+
+
+def test_load_mask_nearest_and_binarised(tmp_path: Path) -> None:
+    a = np.zeros((40, 40), np.uint8)
+    a[0:20, 0:20] = 255  # defect
+    a[20:40, 20:40] = 100  # below half scale: not a defect
+    a[0:20, 20:40] = 200  # above half scale: a defect
+    Image.fromarray(a).save(tmp_path / "m.png")
+    m = load_mask(tmp_path / "m.png", 10)
+    assert m.shape == (10, 10)
+    assert set(m.unique().tolist()) == {0.0, 1.0}
+    assert m[:5, :5].min() == 1 and m[5:, 5:].max() == 0 and m[:5, 5:].min() == 1 and m[5:, :5].max() == 0
+    # a 0/1 mask is also understood
+    Image.fromarray((a == 255).astype(np.uint8)).save(tmp_path / "m01.png")
+    expected = torch.zeros(10, 10)
+    expected[:5, :5] = 1
+    assert torch.equal(load_mask(tmp_path / "m01.png", 10), expected)
+
+
+def test_dataset_items_and_max_images(tmp_path: Path) -> None:
+    make_category(tmp_path, n_train=5)
+    cat = find_category(tmp_path, "widget")
+    train = MVTecDataset(cat, "train", 8, max_images=2)
+    assert [Path(train[i]["path"]).name for i in range(len(train))] == ["000.png", "001.png"]
+    test = MVTecDataset(cat, "test", 8, max_images=1)  # one per defect type
+    assert sorted(test[i]["defect"] for i in range(len(test))) == ["crack", "good", "scratch"]
+    for i in range(len(test)):
+        it = test[i]
+        assert set(it) == {"image", "mask", "label", "defect", "path"}
+        assert isinstance(it["label"], int) and isinstance(it["path"], str)
+        if it["label"] == 1:
+            assert it["mask"].sum() > 0
+        else:
+            assert it["mask"].sum() == 0
+    with pytest.raises(GlanceError):
+        MVTecDataset(cat, "val", 8)
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: one-line messages that name the file
+# --------------------------------------------------------------------------------------------
+
+
+def _one_line_naming(err: pytest.ExceptionInfo, needle: str) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert needle in msg, msg
+    return msg
+
+
+def test_corrupt_image(tmp_path: Path) -> None:
+    c = make_category(tmp_path)
+    bad = c / "test" / "crack" / "001.png"
+    bad.write_bytes(b"this is not a png")
+    with pytest.raises(DatasetError) as e:
+        find_category(tmp_path, "widget")
+    _one_line_naming(e, str(bad))
+
+
+def test_truncated_image_found_by_inspect(tmp_path: Path) -> None:
+    c = make_category(tmp_path, size=(64, 64))
+    bad = c / "train" / "good" / "001.png"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])  # header intact, pixels missing
+    with pytest.raises(DatasetError) as e:
+        inspect_category(tmp_path, "widget")
+    msg = _one_line_naming(e, str(bad))
+    assert "not a readable image" in msg
+    with pytest.raises(DatasetError):
+        load_image(bad, 8)
+
+
+def test_empty_train_folder(tmp_path: Path) -> None:
+    c = make_category(tmp_path)
+    for p in (c / "train" / "good").iterdir():
+        p.unlink()
+    (c / "train" / "good" / "notes.txt").write_text("not an image")
+    with pytest.raises(DatasetError) as e:
+        find_category(tmp_path, "widget")
+    msg = _one_line_naming(e, str(c / "train" / "good"))
+    assert "no training images" in msg
+
+
+def test_mask_size_differs(tmp_path: Path) -> None:
+    c = make_category(tmp_path)
+    bad = c / "ground_truth" / "scratch" / "000_mask.png"
+    _mask(bad, size=(10, 10), box=(1, 1, 3, 3))
+    with pytest.raises(DatasetError) as e:
+        find_category(tmp_path, "widget")
+    msg = _one_line_naming(e, str(bad))
+    assert "10x10" in msg and "20x16" in msg
+
+
+def test_defect_image_without_mask(tmp_path: Path) -> None:
+    c = make_category(tmp_path)
+    (c / "ground_truth" / "crack" / "001_mask.png").unlink()
+    with pytest.raises(DatasetError) as e:
+        find_category(tmp_path, "widget")
+    msg = _one_line_naming(e, str(c / "test" / "crack" / "001.png"))
+    assert "no mask" in msg
+
+
+def test_not_a_dataset(tmp_path: Path) -> None:
+    (tmp_path / "holiday" / "photos").mkdir(parents=True)
+    with pytest.raises(DatasetError) as e:
+        find_category(tmp_path, "holiday")
+    msg = _one_line_naming(e, str(tmp_path / "holiday"))
+    assert "train/good" in msg
+    with pytest.raises(DatasetError) as e:
+        find_category(tmp_path / "nowhere", "x")
+    _one_line_naming(e, str(tmp_path / "nowhere"))
+
+
+def test_wrong_category_lists_categories(tmp_path: Path) -> None:
+    make_category(tmp_path, "widget")
+    make_category(tmp_path, "gadget")
+    with pytest.raises(DatasetError) as e:
+        find_category(tmp_path, "widgit")
+    msg = _one_line_naming(e, "'widgit'")
+    assert "gadget, widget" in msg
+
+
+# --------------------------------------------------------------------------------------------
+# real data (skipped when the shared folder is absent)
+# --------------------------------------------------------------------------------------------
+
+
+def test_shared_bottle(shared_bottle: Path) -> None:
+    info = inspect_category(shared_bottle.parent, "bottle")
+    assert (info["train"], info["test"], info["masks"]) == (209, 83, 63)
+    assert info["defects"] == {"good": 20, "broken_large": 20, "broken_small": 22, "contamination": 21}
+    cat = find_category(shared_bottle.parent, "bottle")
+    ds = MVTecDataset(cat, "test", 48, max_images=2)
+    assert len(ds) == 8
+    items = [ds[i] for i in range(len(ds))]
+    assert all(it["mask"].sum() > 0 for it in items if it["label"] == 1)
+    assert all(it["mask"].sum() == 0 for it in items if it["label"] == 0)
+
+
+def test_shared_hazelnut(shared_hazelnut: Path) -> None:
+    info = inspect_category(shared_hazelnut.parent, "hazelnut")
+    assert (info["train"], info["test"], info["masks"]) == (28, 23, 17)
+    assert [512, 522] in info["sizes"]
+    cat = find_category(shared_hazelnut.parent, "hazelnut")
+    odd = next(s for s in cat.train if Image.open(s.path).size == (512, 522))
+    assert load_image(odd.path, 48).shape == (3, 48, 48)
+    assert all(s.mask_path is not None and s.mask_path.name == s.path.stem + ".png" for s in cat.test if s.label)

@@ -1,0 +1,32 @@
+"""Repository hygiene: notebooks are committed without outputs, and the book's TOC is complete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[n.name for n in NOTEBOOKS])
+def test_notebook_has_no_outputs(nb):
+    cells = json.loads(nb.read_text())["cells"]
+    dirty = [i for i, c in enumerate(cells) if c.get("outputs") or c.get("execution_count")]
+    assert not dirty, f"{nb.name}: cells {dirty} carry outputs; strip them before committing"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[n.name for n in NOTEBOOKS])
+def test_notebook_prints_preset_and_installs_only_on_colab(nb):
+    src = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"])
+    assert "describe(" in src, f"{nb.name}: does not print the preset and hardware"
+    assert '"google.colab" in sys.modules' in src, f"{nb.name}: lacks the Colab-only install cell"
+
+
+def test_every_notebook_is_in_the_toc():
+    toc = (ROOT / "_toc.yml").read_text()
+    for nb in NOTEBOOKS:
+        assert f"notebooks/{nb.stem}" in toc, f"{nb.name} is missing from _toc.yml"
+    assert NOTEBOOKS, "no chapters found"
