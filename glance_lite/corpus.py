@@ -9,8 +9,9 @@ Uninformed Students).  This module provides the images and the patches:
   field, retina, camera, coins, moon, brick, grass, gravel, cell, clock, page, text) -- all shipped in
   the scikit-image wheel, so no network is needed.  Grayscale images are repeated to RGB.
 * :func:`sample_patches` draws random square crops, optionally rescaled and flipped, as a float
-  tensor (n, 3, size, size) in [0, 1], deterministically for a seed.  Crops are grouped by
-  (image, crop side) and resized in batches, so 50,000 patches take a few seconds on a CPU.
+  tensor (n, 3, size, size) in [0, 1], deterministically for a seed.  Each image is rescaled once
+  per scale and its crops are gathered in one vectorised step, so 50,000 patches of 33x33 take
+  about a second on one CPU core.
 
 Deviation: ~20 scikit-image photographs stand in for ImageNet's 1.2 million when no folder is
 given; the teacher still carries ImageNet knowledge, and the Local-Net is fine-tuned on the category
@@ -28,7 +29,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .fileio import DatasetError, GlanceError
 
@@ -158,6 +158,20 @@ def natural_images(
     return [_load_file(p, max_side) for p in files]
 
 
+def _rescaled(img: np.ndarray, scale: float, size: int) -> np.ndarray:
+    """``img`` resized by ``scale`` (at least ``size`` pixels on its shorter side), uint8 (H, W, 3)."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    s = max(float(scale), size / min(h, w))
+    if s == 1.0:
+        return img
+    nh, nw = max(size, int(round(h * s))), max(size, int(round(w * s)))
+    if (nh, nw) == (h, w):
+        return img
+    return np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR), dtype=np.uint8)
+
+
 def sample_patches(
     images: Sequence[np.ndarray],
     n: int,
@@ -168,16 +182,18 @@ def sample_patches(
 ) -> torch.Tensor:
     """``n`` random square patches as float32 (n, 3, size, size) in [0, 1].
 
-    Each patch: pick an image uniformly, pick a scale ``s`` from ``scales``, crop a square of side
-    ``round(size / s)`` (clipped to the image) at a uniform random position, resize it to ``size``
-    (bilinear, antialiased; an exact copy when the side already equals ``size``), and mirror it
-    left-right with probability 1/2 when ``flip``.  The same ``seed`` gives the same patches.
+    Each patch: pick an image uniformly, pick a scale ``s`` from ``scales``, rescale the image by
+    ``s`` (bilinear, antialiased when shrinking; never below ``size`` pixels on its shorter side),
+    crop ``size x size`` at a uniform random position, and mirror it left-right with probability 1/2
+    when ``flip``.  So ``s = 0.5`` shows twice the field of view, ``s = 2`` a close-up, and ``s = 1``
+    exact pixels of the image.  Each (image, scale) is resized once and all its crops are gathered
+    in one vectorised step.  The same ``seed`` gives the same patches.
     """
     if n < 0 or size < 1:
         raise GlanceError(f"sample_patches needs n >= 0 and size >= 1, got n={n}, size={size}")
     if not images:
         raise GlanceError("sample_patches needs at least one image")
-    if not scales or any(s <= 0 for s in scales):
+    if not scales or any(not s > 0 for s in scales):
         raise GlanceError(f"scales must be positive numbers, got {tuple(scales)}")
     imgs = [_as_rgb_uint8(im, f"image {i}") for i, im in enumerate(images)]
     rng = np.random.default_rng(seed)
@@ -186,32 +202,18 @@ def sample_patches(
     u_top, u_left = rng.random(n), rng.random(n)
     flips = rng.random(n) < 0.5 if flip else np.zeros(n, dtype=bool)
 
-    sides = np.array([max(1, int(round(size / float(s)))) for s in scales])[scale_idx]
-    limits = np.array([min(im.shape[0], im.shape[1]) for im in imgs])[which]
-    sides = np.minimum(sides, limits)
-    heights = np.array([im.shape[0] for im in imgs])[which]
-    widths = np.array([im.shape[1] for im in imgs])[which]
-    tops = np.floor(u_top * (heights - sides + 1)).astype(np.int64)
-    lefts = np.floor(u_left * (widths - sides + 1)).astype(np.int64)
-
     out = torch.empty((n, 3, size, size), dtype=torch.float32)
-    if n == 0:
-        return out
-    keys = which * (int(sides.max()) + 1) + sides
+    keys = which * len(scales) + scale_idx
     for key in np.unique(keys):
         idx = np.flatnonzero(keys == key)
-        img = imgs[int(which[idx[0]])]
-        c = int(sides[idx[0]])
-        ar = np.arange(c)
-        rows = (tops[idx, None] + ar)[:, :, None]  # (k, c, 1)
-        cols = (lefts[idx, None] + ar)[:, None, :]  # (k, 1, c)
-        crops = torch.from_numpy(img[rows, cols])  # (k, c, c, 3) uint8
-        crops = crops.permute(0, 3, 1, 2).float().div_(255.0)
-        if c != size:
-            crops = F.interpolate(crops, size=(size, size), mode="bilinear", align_corners=False, antialias=c > size)
-            crops.clamp_(0.0, 1.0)
+        img = _rescaled(imgs[int(key) // len(scales)], float(scales[int(key) % len(scales)]), size)
+        h, w = img.shape[:2]
+        tops = np.floor(u_top[idx] * (h - size + 1)).astype(np.int64)
+        lefts = np.floor(u_left[idx] * (w - size + 1)).astype(np.int64)
+        windows = np.lib.stride_tricks.sliding_window_view(img, (size, size), axis=(0, 1))
+        crops = torch.from_numpy(windows[tops, lefts])  # (k, 3, size, size) uint8, a copy
         f = torch.from_numpy(flips[idx])
         if bool(f.any()):
             crops[f] = crops[f].flip(-1)
-        out[torch.from_numpy(idx)] = crops
+        out[torch.from_numpy(idx)] = crops.float().div_(255.0)
     return out

@@ -69,8 +69,9 @@ __all__ = ["GlobalNet", "Step", "ReceptiveField", "hole_mask"]
 class Step:
     """One spatial step of the Global-Net, in execution order.
 
-    ``kind`` is ``"pconv"`` (partial conv followed by ReLU; ``conv`` is its module and ``index`` its
-    position in :attr:`GlobalNet.convs`) or ``"pool"`` (mask max-pool; ``conv`` is None).
+    ``kind`` is ``"pconv"`` (partial conv followed by ReLU; its module is ``GlobalNet.convs[index]``)
+    or ``"pool"`` (mask max-pool; ``index`` is -1).  A step with kernel k, stride s, padding p maps
+    output index i to the input window ``[i*s - p, i*s - p + k - 1]`` (outside the map = hole).
     """
 
     name: str

@@ -235,9 +235,13 @@ def _to_uint8_array(im: Image.Image) -> np.ndarray:
     """Pixels as uint8, rescaling 16-bit and float images to 0..255."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I") and a.max() > 255 else max(float(a.max()), 1.0)
-        if im.mode == "F" and a.max() <= 1.0:
+        top = float(a.max()) if a.size else 0.0
+        if im.mode == "F" and top <= 1.0:
             hi = 1.0
+        elif top <= 255.0:
+            hi = 255.0
+        else:
+            hi = 65535.0 if top <= 65535.0 else top
         return np.clip(np.round(a / hi * 255.0), 0, 255).astype(np.uint8)
     return np.asarray(im)
 

@@ -59,7 +59,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .fileio import DatasetError, atomic_write_json
+from .fileio import DatasetError, GlanceError, atomic_write_json
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -461,7 +461,7 @@ def _render_board(defect: str, size: int, rng: np.random.Generator) -> OfflineSa
         new_rects[k] = cand
         changed = [k]
     elif defect != "good":
-        raise ValueError(f"unknown board defect {defect!r}")
+        raise GlanceError(f"unknown board defect {defect!r}")
 
     def compose(names: list[str | None], where: list[tuple[int, int, int, int]]) -> np.ndarray:
         img = bg.copy()
@@ -537,7 +537,7 @@ def _render_cable(defect: str, size: int, rng: np.random.Generator) -> OfflineSa
         parts[k] = None
         changed = [k]
     elif defect != "good":
-        raise ValueError(f"unknown cable defect {defect!r}")
+        raise GlanceError(f"unknown cable defect {defect!r}")
 
     def compose(names: list[str | None]) -> np.ndarray:
         img = base
@@ -571,15 +571,15 @@ def render_sample(category: str, defect: str = "good", index: int = 0, seed: int
     ``"test"`` (it only selects another random stream).  This is what :func:`make_offline` writes.
     """
     if category not in OFFLINE_CATEGORIES:
-        raise ValueError(f"unknown offline category {category!r}; choose one of {sorted(OFFLINE_CATEGORIES)}")
+        raise GlanceError(f"unknown offline category {category!r}; choose one of {sorted(OFFLINE_CATEGORIES)}")
     if defect != "good" and defect not in OFFLINE_DEFECTS[category]:
-        raise ValueError(f"{category!r} has no defect {defect!r}; choose one of {OFFLINE_DEFECTS[category]}")
+        raise GlanceError(f"{category!r} has no defect {defect!r}; choose one of {OFFLINE_DEFECTS[category]}")
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+        raise GlanceError(f"split must be 'train' or 'test', not {split!r}")
     if split == "train" and defect != "good":
-        raise ValueError("training images are always good")
+        raise GlanceError("training images are always good")
     if size < 32:
-        raise ValueError(f"size must be at least 32 pixels, not {size}")
+        raise GlanceError(f"size must be at least 32 pixels, not {size}")
     rng = _rng(seed, category, split, defect, index)
     if OFFLINE_CATEGORIES[category] == "texture":
         return _render_texture(category, defect, size, rng)
@@ -601,10 +601,23 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def _move_into_place(tmp: Path, dest: Path, tries: int = 5) -> None:
+    """Replace ``dest`` by the folder ``tmp``; retried when a concurrent run re-creates ``dest``."""
+    for attempt in range(tries):
+        if dest.exists():
+            shutil.rmtree(dest, ignore_errors=True)
+        try:
+            os.replace(tmp, dest)
+            return
+        except OSError:
+            if attempt == tries - 1:
+                raise
+
+
 def _counts(n_train: int, n_test_good: int, n_test_defect: int) -> dict[str, int]:
     for k, v in (("n_train", n_train), ("n_test_good", n_test_good), ("n_test_defect", n_test_defect)):
         if int(v) < 1:
-            raise ValueError(f"{k} must be at least 1, not {v}")
+            raise GlanceError(f"{k} must be at least 1, not {v}")
     return {"train": int(n_train), "test_good": int(n_test_good), "test_defect": int(n_test_defect)}
 
 
@@ -654,7 +667,7 @@ def make_offline(out: str | os.PathLike, seed: int = 0, size: int = 256, progres
     out = Path(out)
     counts = _counts(n_train, n_test_good, n_test_defect)
     if int(size) < 32:
-        raise ValueError(f"size must be at least 32 pixels, not {size}")
+        raise GlanceError(f"size must be at least 32 pixels, not {size}")
     out.mkdir(parents=True, exist_ok=True)
     ours = _is_ours(out)
     for name in OFFLINE_CATEGORIES:
@@ -691,9 +704,7 @@ def make_offline(out: str | os.PathLike, seed: int = 0, size: int = 256, progres
                         _write(tmp / "ground_truth" / defect / f"{stem}_mask.png", _png_bytes(m, "L"))
                     if bar is not None:
                         bar.update(1)
-                if (out / name).exists():
-                    shutil.rmtree(out / name)
-                os.replace(tmp, out / name)
+                _move_into_place(tmp, out / name)
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -728,4 +739,5 @@ def ensure_offline(out: str | os.PathLike | None = None, seed: int = 0, size: in
                                                              "categories"))
     if same and all((root / name / "train" / "good").is_dir() for name in OFFLINE_CATEGORIES):
         return root
-    return make_offline(root, seed=seed, size=size, progress=progress)
+    return make_offline(root, seed=seed, size=size, progress=progress, n_train=DEFAULT_COUNTS["train"],
+                        n_test_good=DEFAULT_COUNTS["test_good"], n_test_defect=DEFAULT_COUNTS["test_defect"])

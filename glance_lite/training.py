@@ -217,7 +217,7 @@ class LocalTrainer:
             idx = torch.randint(n, (min(p.batch_size, n),), generator=g)
             z = self.local_net(patches[idx].float())
             total, parts = local_loss(self.decoder(z), tn[idx], z, p.lambda_k, p.lambda_c)
-            return {"loss": total, **{k: v for k, v in parts.items() if k != "loss"}}
+            return {"loss": total, **{k: v for k, v in parts.items() if k not in ("loss", "total")}}
 
         return run_stage(
             stage,

@@ -270,3 +270,21 @@ def test_shared_hazelnut(shared_hazelnut: Path) -> None:
     odd = next(s for s in cat.train if Image.open(s.path).size == (512, 522))
     assert load_image(odd.path, 48).shape == (3, 48, 48)
     assert all(s.mask_path is not None and s.mask_path.name == s.path.stem + ".png" for s in cat.test if s.label)
+
+
+def test_sixteen_bit_image_and_mask(tmp_path: Path) -> None:
+    a = np.zeros((8, 8), np.uint16)
+    a[:, 4:] = 65535
+    Image.fromarray(a).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    t = load_image(tmp_path / "g16.png", None)
+    assert t.shape == (3, 8, 8) and t[:, :, :4].max() == 0 and t[:, :, 4:].min() == 1
+    assert torch.equal(load_mask(tmp_path / "g16.png", None), (torch.arange(8) >= 4).float().expand(8, 8))
+
+
+def test_dataloader_batches(tmp_path: Path) -> None:
+    make_category(tmp_path)
+    ds = MVTecDataset(find_category(tmp_path, "widget"), "test", 8)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=5)))
+    assert batch["image"].shape == (5, 3, 8, 8) and batch["mask"].shape == (5, 1, 8, 8)
+    assert batch["label"].tolist() == [0, 0, 1, 1, 1] and batch["defect"][0] == "good"

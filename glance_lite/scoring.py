@@ -1,0 +1,767 @@
+"""Anomaly localisation (Sec. 3.3): patch scores (Eq. 11-13), the raster scan and IDW score maps.
+
+For every patch ``p`` of a raster grid over a test image (Fig. 2b) we compute
+
+* the local feature ``Z_l = L(p)`` (Local-Net, Eq. 4) and the global feature ``Z_g = G(I, M_0)`` of the
+  image with the patch masked out (Global-Net, Eq. 6);
+* the inconsistency score ``s_IAD = (1/n) ||Z_l - Z_g||^2`` (Eq. 11, :func:`glance_lite.heads.iad_score`);
+* the distortion score ``s_DAD`` (Eq. 12, :func:`glance_lite.heads.dad_score`);
+* their combination ``s = lambda_s s_IAD + (1 - lambda_s) s_DAD`` (Eq. 13, lambda_s = 0.8);
+
+and turn the patch scores, placed at the patch centres, into a per-pixel anomaly map with inverse
+distance weighted (IDW) interpolation.
+
+**Raster grid** (:func:`patch_grid`).  Patch top-left corners ``0, s, 2s, ...`` along each axis, with
+``H - p`` appended when it is not on the grid, so the last row and column of patches touch the
+border and every pixel is covered.  Adjacent patches overlap when the stride ``s < p``.
+
+**IDW** (:func:`idw_interpolate`).  The value at pixel x is ``sum_j w_j s_j / sum_j w_j`` with
+``w_j = 1 / d(x, c_j)^power`` over the ``k`` patch centres c_j nearest to x; a pixel that *is* a
+centre takes that centre's score.  Defaults (``preset.idw_power = 2``, ``preset.idw_neighbours = 9``):
+power 2 is Shepard's classic choice (smooth, and the weights fall off fast enough that a centre
+dominates its own neighbourhood); 9 neighbours are the 3 x 3 block of grid centres around a pixel, the
+centres of the patches that cover it or touch its grid cell.  A small k keeps the map *local*: with
+all centres (Shepard's global form) every pixel also averages in hundreds of far patches, which
+flattens the contrast of small defects.  The neighbour indices and weights depend only on the
+geometry, so they are computed once per (image size, grid, power, k) and cached; a map is then one
+gather and one weighted sum.  IDW is linear in the scores, so any lambda_s-combination of the two head
+maps (:func:`head_maps`) *is* the map of the combined score -- the lambda_s ablation (Table 4) mixes
+the two maps instead of re-scoring.
+
+**Speed.**  The plain reference (:func:`anomaly_maps_loop`) runs the Local-Net once per cropped patch
+and the Global-Net once per masked image, in a Python loop.  The fast path (:func:`score_patches`)
+computes the same numbers with
+
+* the Local-Net evaluated fully-convolutionally over the whole image (:func:`local_features_at`):
+  when the grid stride is a multiple of the network's total pooling stride J, the ordinary network
+  slid over the image yields exactly the features at positions ``0, J, 2J, ...``; other positions (the
+  border row/column, other residues mod J) come from crops starting at their residue.  Otherwise it
+  falls back to :meth:`glance_lite.local_net.LocalNet.dense`;
+* an exact incremental Global-Net (:func:`global_features_incremental`): the unmasked image is run
+  once, keeping every layer's features and masks.  A hole only changes, at each layer, the outputs
+  whose window reaches a changed input, an interval that grows with the receptive field.  For each
+  hole we recompute only that window at each layer, reading its inputs from the cached unmasked
+  maps with the previous layer's recomputed window pasted in (explicit zero padding for the partial
+  convolutions, -inf for the max-pool, zero mask -- the same semantics as the network's own padding),
+  and finally paste the last window into the cached final map before the masked global pool.  Many
+  holes are processed as one batch of equally sized windows.  The result equals the plain per-copy
+  forward up to float rounding (tested within 1e-5).
+
+**Scale.**  ``s_IAD`` is a squared feature distance, ``s_DAD`` a probability in [0, 1]; the paper adds
+them as they are (Eq. 13), and so do we by default.  Optionally (``normalise=stats``) each head's
+scores are standardised with statistics of the patch scores over *training* images
+(:func:`fit_score_normaliser`: z-score with their mean and std, or division by their 99th
+percentile).  Never fit it on test images.
+
+Deviation: the paper does not specify the raster stride, the patch-centre convention, the IDW power
+or neighbourhood, nor the score scales.  We place scores at the geometric patch centre
+``top + (p - 1) / 2``, use ``preset.score_stride`` (4 for the cpu and paper presets), add the border
+row/column of patches, and IDW with power 2 over the 9 nearest centres; the optional per-head
+normalisation is ours and reported separately from the plain Eq. 13.  Eq. 12 is read as
+``s_DAD = C(Z_l, Z_g)`` (see :mod:`glance_lite.heads`).  Maps are computed at the preset's image size.
+
+Defined in :doc:`/notebooks/04_score_maps`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections import OrderedDict
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .fileio import GlanceError
+from .heads import combined_score, dad_score, iad_score
+
+__all__ = [
+    "ScoringError",
+    "patch_grid",
+    "patch_centres",
+    "idw_weights",
+    "idw_interpolate",
+    "clear_idw_cache",
+    "local_features_at",
+    "global_features_incremental",
+    "global_features_batched",
+    "score_patches",
+    "score_patches_loop",
+    "head_maps",
+    "anomaly_maps",
+    "anomaly_maps_loop",
+    "fit_score_normaliser",
+    "normalise_scores",
+]
+
+
+class ScoringError(GlanceError, ValueError):
+    """Bad arguments to a scoring function (grid that does not fit, wrong score shapes, ...)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Raster grid
+# ------------------------------------------------------------------------------------------------
+
+
+def _axis_positions(n: int, p: int, stride: int) -> Tensor:
+    pos = list(range(0, n - p + 1, stride))
+    if pos[-1] != n - p:
+        pos.append(n - p)
+    return torch.tensor(pos, dtype=torch.long)
+
+
+def patch_grid(height: int, width: int, patch_size: int, stride: int) -> tuple[Tensor, Tensor]:
+    """Top-left corners of a raster grid of ``patch_size`` patches (Fig. 2b): ``(tops, lefts)``.
+
+    ``tops = 0, stride, 2 stride, ...`` up to ``height - patch_size``, with ``height - patch_size``
+    appended when the stride does not land on it (so the last row of patches touches the bottom
+    border and every pixel is covered); the same for ``lefts``.  Both are 1-D ``long`` tensors; the
+    grid is their outer product, patch (i, j) having top-left ``(tops[i], lefts[j])``.
+    """
+    h, w, p, s = int(height), int(width), int(patch_size), int(stride)
+    if p < 1 or s < 1:
+        raise ScoringError(f"patch_grid: patch_size ({p}) and stride ({s}) must be positive")
+    if p > h or p > w:
+        raise ScoringError(f"patch_grid: a {p}x{p} patch does not fit an image of {h}x{w} pixels")
+    return _axis_positions(h, p, s), _axis_positions(w, p, s)
+
+
+def patch_centres(tops: Tensor, lefts: Tensor, patch_size: int) -> tuple[Tensor, Tensor]:
+    """Centres (float64) of patches with these top-left corners: ``top + (p - 1) / 2``."""
+    off = (int(patch_size) - 1) / 2.0
+    return torch.as_tensor(tops).double() + off, torch.as_tensor(lefts).double() + off
+
+
+# ------------------------------------------------------------------------------------------------
+# Inverse distance weighting
+# ------------------------------------------------------------------------------------------------
+
+_IDW_CACHE: "OrderedDict[tuple, tuple[Tensor | None, Tensor]]" = OrderedDict()
+_IDW_CACHE_SIZE = 16
+_IDW_DENSE_LIMIT = 1 << 24  # entries of a cached (H*W, K) all-neighbour weight matrix
+_IDW_CHUNK = 1 << 22  # distance entries per chunk when building weights
+
+
+def clear_idw_cache() -> None:
+    """Forget every cached IDW geometry."""
+    _IDW_CACHE.clear()
+
+
+def _centre_list(centres_y: Tensor, centres_x: Tensor, grid: bool) -> tuple[Tensor, Tensor]:
+    cy = torch.as_tensor(centres_y, dtype=torch.float64).reshape(-1).cpu()
+    cx = torch.as_tensor(centres_x, dtype=torch.float64).reshape(-1).cpu()
+    if grid:
+        return cy.repeat_interleave(len(cx)), cx.repeat(len(cy))
+    if len(cy) != len(cx):
+        raise ScoringError(f"idw: {len(cy)} centre rows but {len(cx)} centre columns")
+    return cy, cx
+
+
+def _check_idw_args(power: float, neighbours: int | None) -> None:
+    if not (isinstance(power, (int, float)) and math.isfinite(power) and power >= 0):
+        raise ScoringError(f"idw: power must be a finite number >= 0, got {power!r}")
+    if neighbours is not None and int(neighbours) < 0:
+        raise ScoringError(f"idw: neighbours must be >= 0 (0 or None = all), got {neighbours!r}")
+
+
+def _weights_chunk(py: Tensor, px: Tensor, cy: Tensor, cx: Tensor, power: float, k: int) -> tuple[Tensor | None, Tensor]:
+    """IDW (index, weight) for a chunk of pixels; index is None when all K centres are used."""
+    d2 = (py[:, None] - cy[None, :]).pow(2) + (px[:, None] - cx[None, :]).pow(2)  # (n, K) float64
+    K = d2.shape[1]
+    idx: Tensor | None = None
+    if k < K:
+        d2, idx = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+    with torch.no_grad():
+        zero = d2 == 0
+        w = d2.clamp_min(1e-300).pow(-power / 2.0)
+        hit = zero.any(dim=1)
+        if bool(hit.any()):
+            # a pixel on a centre takes exactly that centre's score (the first one if centres repeat)
+            first = torch.zeros_like(zero)
+            first[torch.arange(len(zero)), zero.float().argmax(dim=1)] = True
+            w = torch.where(hit[:, None], first.double(), w)
+        w = w / w.sum(dim=1, keepdim=True)
+    return idx, w.float()
+
+
+def idw_weights(
+    centres_y: Tensor,
+    centres_x: Tensor,
+    height: int,
+    width: int,
+    power: float = 2.0,
+    neighbours: int | None = 9,
+    grid: bool = True,
+) -> tuple[Tensor | None, Tensor]:
+    """Neighbour indices ``(H*W, k)`` (None when all K centres are used) and weights ``(H*W, k)``.
+
+    With ``grid=True`` the centres are the outer product of ``centres_y`` (gh,) and ``centres_x``
+    (gw,), numbered row-major (``i * gw + j``); otherwise they are K scattered points.  Weights are
+    float32, non-negative and sum to 1 per pixel.  The result is cached per geometry.  Raises
+    :class:`ScoringError` when an all-neighbour weight matrix would be too large to cache (use
+    :func:`idw_interpolate`, which then works in chunks).
+    """
+    _check_idw_args(power, neighbours)
+    cy, cx = _centre_list(centres_y, centres_x, grid)
+    K = len(cy)
+    if K == 0:
+        raise ScoringError("idw: no centres")
+    k = K if not neighbours else min(int(neighbours), K)
+    key = (tuple(cy.tolist()), tuple(cx.tolist()), int(height), int(width), float(power), k)
+    if key in _IDW_CACHE:
+        _IDW_CACHE.move_to_end(key)
+        return _IDW_CACHE[key]
+    n = int(height) * int(width)
+    if k == K and n * K > _IDW_DENSE_LIMIT:
+        raise ScoringError(f"idw: all-neighbour weights of {n} pixels x {K} centres are too large to cache")
+    ys = torch.arange(int(height), dtype=torch.float64).repeat_interleave(int(width))
+    xs = torch.arange(int(width), dtype=torch.float64).repeat(int(height))
+    step = max(1, _IDW_CHUNK // K)
+    parts = [_weights_chunk(ys[a : a + step], xs[a : a + step], cy, cx, power, k) for a in range(0, n, step)]
+    idx = None if parts[0][0] is None else torch.cat([p[0] for p in parts])  # type: ignore[misc]
+    w = torch.cat([p[1] for p in parts])
+    _IDW_CACHE[key] = (idx, w)
+    while len(_IDW_CACHE) > _IDW_CACHE_SIZE:
+        _IDW_CACHE.popitem(last=False)
+    return idx, w
+
+
+def idw_interpolate(
+    scores: Tensor,
+    centres_y: Tensor,
+    centres_x: Tensor,
+    height: int,
+    width: int,
+    power: float = 2.0,
+    neighbours: int | None = 9,
+) -> Tensor:
+    """Inverse-distance-weighted map ``(B, H, W)`` from scores at patch centres.
+
+    Args:
+        scores: ``(B, gh, gw)`` on the grid ``centres_y (gh,) x centres_x (gw,)``, or ``(B, K)`` at
+            K scattered points ``(centres_y[k], centres_x[k])``.
+        centres_y, centres_x: centre coordinates in pixels (row, column; pixel (0, 0) is at 0, 0).
+        height, width: size of the map.
+        power: ``w = 1 / d^power`` (0: plain average of the neighbours).
+        neighbours: use the k nearest centres per pixel; None or 0 = all centres.
+
+    A pixel exactly at a centre takes that centre's score; every value is a convex combination of
+    the scores.  Linear in ``scores``.
+    """
+    if scores.dim() == 3:
+        grid = True
+        if scores.shape[1] != len(torch.as_tensor(centres_y).reshape(-1)) or scores.shape[2] != len(
+            torch.as_tensor(centres_x).reshape(-1)
+        ):
+            raise ScoringError(
+                f"idw: scores {tuple(scores.shape)} do not match a grid of "
+                f"{len(centres_y)} x {len(centres_x)} centres"
+            )
+    elif scores.dim() == 2:
+        grid = False
+        if scores.shape[1] != len(torch.as_tensor(centres_y).reshape(-1)):
+            raise ScoringError(f"idw: scores {tuple(scores.shape)} do not match {len(centres_y)} centres")
+    else:
+        raise ScoringError(f"idw: scores must be (B, gh, gw) or (B, K), got {tuple(scores.shape)}")
+    _check_idw_args(power, neighbours)
+    b = scores.shape[0]
+    flat = scores.reshape(b, -1)
+    K = flat.shape[1]
+    h, w = int(height), int(width)
+    if h < 1 or w < 1:
+        raise ScoringError(f"idw: map size must be positive, got {h}x{w}")
+    all_k = not neighbours or int(neighbours) >= K
+    if all_k and h * w * K > _IDW_DENSE_LIMIT:
+        # too large to cache: build the dense weights chunk by chunk and apply them at once
+        cy, cx = _centre_list(centres_y, centres_x, grid)
+        ys = torch.arange(h, dtype=torch.float64).repeat_interleave(w)
+        xs = torch.arange(w, dtype=torch.float64).repeat(h)
+        step = max(1, _IDW_CHUNK // K)
+        out = []
+        for a in range(0, h * w, step):
+            _, wc = _weights_chunk(ys[a : a + step], xs[a : a + step], cy, cx, power, K)
+            out.append(flat @ wc.to(flat.device, flat.dtype).T)
+        return torch.cat(out, dim=1).reshape(b, h, w)
+    idx, wt = idw_weights(centres_y, centres_x, h, w, power, neighbours, grid)
+    wt = wt.to(flat.device, flat.dtype)
+    if idx is None:
+        return (flat @ wt.T).reshape(b, h, w)
+    idx = idx.to(flat.device)
+    return (flat[:, idx] * wt).sum(dim=2).reshape(b, h, w)
+
+
+# ------------------------------------------------------------------------------------------------
+# Local-Net features at grid positions
+# ------------------------------------------------------------------------------------------------
+
+
+def _local_stride(local_net: nn.Module) -> int | None:
+    """Total pooling stride J of a Uninformed-Students Local-Net (product of its pool sizes)."""
+    layers = getattr(local_net, "layers", None)
+    if layers is None or not hasattr(local_net, "_run"):
+        return None
+    j = 1
+    for kind, k, _ in layers:
+        if kind == "pool":
+            j *= int(k)
+    return j
+
+
+def _residue_groups(pos: Tensor, j: int) -> list[tuple[int, int, Tensor]]:
+    """Split positions by their residue mod j: ``[(first, last, index tensor), ...]``."""
+    groups = []
+    for r in sorted(set((pos % j).tolist())):
+        ix = torch.nonzero(pos % j == r).reshape(-1)
+        groups.append((int(pos[ix].min()), int(pos[ix].max()), ix))
+    return groups
+
+
+def local_features_at(local_net: nn.Module, images: Tensor, tops: Tensor, lefts: Tensor) -> Tensor:
+    """Z_l of the patches with top-left corners ``tops x lefts``: ``(B, dim, len(tops), len(lefts))``.
+
+    Exactly (up to float rounding) ``local_net(images[..., t:t+p, l:l+p])`` for every pair.  Uses the
+    fully-convolutional network on crops aligned to each residue class of the positions mod the
+    network's pooling stride (cheap when the grid stride is a multiple of it), else
+    ``local_net.dense``.
+    """
+    p = int(local_net.patch_size)
+    tops = torch.as_tensor(tops, dtype=torch.long).cpu()
+    lefts = torch.as_tensor(lefts, dtype=torch.long).cpu()
+    h, w = images.shape[-2:]
+    j = _local_stride(local_net)
+    if j is not None:
+        rg, cg = _residue_groups(tops, j), _residue_groups(lefts, j)
+        area = sum((r1 - r0 + p) * (c1 - c0 + p) for r0, r1, _ in rg for c0, c1, _ in cg)
+        if area <= 2 * h * w:
+            out = None
+            ok = True
+            for r0, r1, ri in rg:
+                for c0, c1, ci in cg:
+                    y = local_net._run(images[:, :, r0 : r1 + p, c0 : c1 + p], dense=False)
+                    yi = (tops[ri] - r0) // j
+                    xi = (lefts[ci] - c0) // j
+                    if int(yi.max()) >= y.shape[2] or int(xi.max()) >= y.shape[3]:
+                        ok = False
+                        break
+                    if out is None:
+                        out = y.new_empty(y.shape[0], y.shape[1], len(tops), len(lefts))
+                    out[:, :, ri[:, None], ci[None, :]] = y[:, :, yi[:, None], xi[None, :]]
+                if not ok:
+                    break
+            if ok and out is not None:
+                return out
+    z = local_net.dense(images)
+    return z[:, :, tops.to(z.device)][:, :, :, lefts.to(z.device)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Global-Net: batched masked copies and the exact incremental evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+def _pairs(tops: Tensor, lefts: Tensor) -> tuple[Tensor, Tensor]:
+    """Row-major (top, left) pairs of a grid."""
+    return tops.repeat_interleave(len(lefts)), lefts.repeat(len(tops))
+
+
+def global_features_batched(
+    global_net: nn.Module, image: Tensor, tops: Tensor, lefts: Tensor, patch_size: int, batch_size: int = 64
+) -> Tensor:
+    """Z_g ``(N, dim)`` of one image ``(1, 3, H, W)`` with each hole ``(tops[k], lefts[k])`` masked.
+
+    One Global-Net forward per batch of masked copies (the image is broadcast against the masks).
+    """
+    from .global_net import hole_mask
+
+    image = image if image.dim() == 4 else image[None]
+    h, w = image.shape[-2:]
+    out = []
+    for a in range(0, len(tops), batch_size):
+        m = hole_mask((h, w), tops[a : a + batch_size], lefts[a : a + batch_size], patch_size, device=image.device)
+        out.append(global_net(image, m))
+    return torch.cat(out)
+
+
+def _nopad_net(global_net: nn.Module) -> nn.Module:
+    """A shallow copy of the Global-Net sharing its weights, whose steps use no padding."""
+    g = copy.copy(global_net)
+    g._modules = OrderedDict(global_net._modules)  # type: ignore[assignment]
+    convs = []
+    for c in global_net.convs:
+        c2 = copy.copy(c)
+        c2.padding = (0, 0)
+        convs.append(c2)
+    g.convs = nn.ModuleList(convs)
+    g.pool_padding = 0
+    return g
+
+
+def _axis_plan(n: int, p: int, starts: Tensor, steps: Sequence[Any]) -> list[tuple[int, int, Tensor]]:
+    """Per level (input, then each step's output): ``(length, window length A, window starts (N,))``.
+
+    The window of each hole contains every output the hole can change at that level.
+    """
+    a0 = starts.clone()
+    a1 = starts + p - 1
+    plan = [(n, p, starts.clone())]
+    for st in steps:
+        k, s, pad = st.kernel, st.stride, st.padding
+        n_out = st.out_size(n)
+        lo = torch.div(a0 + pad - k + 1 + s - 1, s, rounding_mode="floor").clamp_min(0)
+        hi = torch.div(a1 + pad, s, rounding_mode="floor").clamp_max(n_out - 1)
+        empty = lo > hi
+        lo = torch.where(empty, hi.clamp_min(0).clamp_max(n_out - 1), lo)
+        hi = torch.where(empty, lo, hi)
+        length = min(n_out, int((hi - lo + 1).max()))
+        win = lo.clamp_max(n_out - length)
+        plan.append((n_out, length, win))
+        a0, a1, n = lo, hi, n_out
+    return plan
+
+
+def _gather(padded: Tensor, r0: Tensor, c0: Tensor, lr: int, lc: int) -> Tensor:
+    """Crops ``padded[0, :, r0[b]:r0[b]+lr, c0[b]:c0[b]+lc]`` for every b: ``(B, C, lr, lc)``."""
+    ar = torch.arange(lr, device=padded.device)
+    ac = torch.arange(lc, device=padded.device)
+    rows = (r0[:, None] + ar)[:, :, None]
+    cols = (c0[:, None] + ac)[:, None, :]
+    return padded[0][:, rows, cols].permute(1, 0, 2, 3)
+
+
+def _paste(region: Tensor, crop: Tensor, dr: Tensor, dc: Tensor) -> Tensor:
+    """Write ``crop[b]`` into ``region[b]`` at offset ``(dr[b], dc[b])``; parts outside are dropped."""
+    b, c, lr, lc = region.shape
+    ar, ac = crop.shape[-2:]
+    rr = dr[:, None] + torch.arange(ar, device=region.device)  # (B, ar)
+    cc = dc[:, None] + torch.arange(ac, device=region.device)  # (B, ac)
+    valid = ((rr >= 0) & (rr < lr))[:, :, None] & ((cc >= 0) & (cc < lc))[:, None, :]
+    flat = torch.where(valid, rr[:, :, None] * lc + cc[:, None, :], lr * lc).reshape(b, 1, -1)
+    buf = torch.cat([region.reshape(b, c, lr * lc), region.new_zeros(b, c, 1)], dim=2)
+    buf.scatter_(2, flat.expand(b, c, -1), crop.reshape(b, c, -1).to(buf.dtype))
+    return buf[:, :, :-1].reshape(b, c, lr, lc)
+
+
+def global_features_incremental(
+    global_net: nn.Module,
+    image: Tensor,
+    tops: Tensor,
+    lefts: Tensor,
+    patch_size: int,
+    batch_size: int = 256,
+) -> Tensor:
+    """Exact Z_g ``(N, dim)`` of one image with each hole ``(tops[k], lefts[k])`` masked out.
+
+    Equal (up to float rounding) to ``global_net(image, hole_mask(...))`` per hole, but only the
+    part of each layer that the hole can change is recomputed (see the module docstring).
+    """
+    image = image if image.dim() == 4 else image[None]
+    if image.shape[0] != 1:
+        raise ScoringError(f"global_features_incremental takes one image, got a batch of {image.shape[0]}")
+    dev = image.device
+    h, w = image.shape[-2:]
+    p = int(patch_size)
+    tops = torch.as_tensor(tops, dtype=torch.long).reshape(-1).cpu()
+    lefts = torch.as_tensor(lefts, dtype=torch.long).reshape(-1).cpu()
+    if len(tops) != len(lefts):
+        raise ScoringError(f"{len(tops)} tops but {len(lefts)} lefts")
+    if len(tops) == 0:
+        return image.new_zeros(0, global_net.dim)
+    if int(tops.min()) < 0 or int(tops.max()) > h - p or int(lefts.min()) < 0 or int(lefts.max()) > w - p:
+        raise ScoringError(f"a {p}x{p} hole must lie inside the {h}x{w} image")
+    steps = global_net.steps()
+    nopad = _nopad_net(global_net)
+    nsteps = nopad.steps()
+    ones = torch.ones(1, 1, h, w, dtype=image.dtype, device=dev)
+    trace = global_net.trace(image, ones)
+    feats = [global_net.normalize(image)] + [t[1] for t in trace[1:]]
+    masks = [ones] + [t[2] for t in trace[1:]]
+    padded = []
+    for st, f, m in zip(steps, feats, masks):
+        q = st.padding
+        fill = float("-inf") if st.kind == "pool" else 0.0
+        padded.append(
+            (
+                torch.nn.functional.pad(f, (q, q, q, q), value=fill),
+                torch.nn.functional.pad(m, (q, q, q, q), value=0.0),
+            )
+        )
+    rplan = _axis_plan(h, p, tops, steps)
+    cplan = _axis_plan(w, p, lefts, steps)
+    final_f, final_m = feats[-1], masks[-1]
+    out = []
+    for a in range(0, len(tops), batch_size):
+        sl = slice(a, a + batch_size)
+        bt, bl = tops[sl].to(dev), lefts[sl].to(dev)
+        b = len(bt)
+        # level 0: the hole itself -- same pixels, mask 0
+        cur_f = _gather(feats[0], bt, bl, p, p)
+        cur_m = torch.zeros(b, 1, p, p, dtype=image.dtype, device=dev)
+        wr, wc = bt, bl
+        for li, (st, nst) in enumerate(zip(steps, nsteps)):
+            _, ar, wr_all = rplan[li + 1]
+            _, ac, wc_all = cplan[li + 1]
+            nwr, nwc = wr_all[sl].to(dev), wc_all[sl].to(dev)
+            s, k, q = st.stride, st.kernel, st.padding
+            lr, lc = (ar - 1) * s + k, (ac - 1) * s + k
+            r0, c0 = nwr * s, nwc * s  # region start in padded coordinates
+            pf, pm = padded[li]
+            reg_f = _paste(_gather(pf, r0, c0, lr, lc), cur_f, wr + q - r0, wc + q - c0)
+            reg_m = _paste(_gather(pm, r0, c0, lr, lc), cur_m, wr + q - r0, wc + q - c0)
+            cur_f, cur_m = nopad.run_step(nst, reg_f, reg_m)
+            wr, wc = nwr, nwc
+        full_f = _paste(final_f.expand(b, -1, -1, -1), cur_f, wr, wc)
+        full_m = _paste(final_m.expand(b, -1, -1, -1), cur_m, wr, wc)
+        out.append(global_net.pool_head(full_f, full_m))
+    return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Patch scores and maps
+# ------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _inference(model: nn.Module) -> Iterator[None]:
+    """``torch.no_grad()`` and ``model.eval()``, restoring the training flags afterwards."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, f in flags.items():
+            m.training = f
+
+
+def _device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        return torch.device("cpu")
+
+
+def _check_images(images: Tensor, p: int) -> Tensor:
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ScoringError(f"images must be a (B, 3, H, W) tensor, got {shape}")
+    if images.shape[2] < p or images.shape[3] < p:
+        raise ScoringError(f"images of {images.shape[2]}x{images.shape[3]} are smaller than the {p}x{p} patch")
+    return images.float()
+
+
+def _grid_for(model: nn.Module, images: Tensor, stride: int | None) -> tuple[Tensor, Tensor]:
+    p = model.preset.patch_size
+    return patch_grid(images.shape[2], images.shape[3], p, stride or model.preset.score_stride)
+
+
+def score_patches(
+    model: nn.Module,
+    images: Tensor,
+    stride: int | None = None,
+    batch_size: int = 256,
+    method: str = "incremental",
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    """Patch scores of Eq. 11 and 12 on the raster grid, without a Python loop over patches.
+
+    Args:
+        model: a :class:`glance_lite.model.GlanceModel` (``.preset``, ``.local_net``, ``.global_net``,
+            ``.dad``).
+        images: ``(B, 3, H, W)`` in [0, 1].
+        stride: grid stride (default ``preset.score_stride``).
+        batch_size: masked copies per Global-Net batch.
+        method: ``"incremental"`` (exact incremental Global-Net, default) or ``"batched"`` (one full
+            forward per masked copy, in batches).
+
+    Returns:
+        ``dict(s_iad (B, gh, gw), s_dad (B, gh, gw), tops (gh,), lefts (gw,))`` on the CPU.
+    """
+    if method not in ("incremental", "batched"):
+        raise ScoringError(f"method must be 'incremental' or 'batched', got {method!r}")
+    p = model.preset.patch_size
+    images = _check_images(images, p)
+    tops, lefts = _grid_for(model, images, stride)
+    gh, gw = len(tops), len(lefts)
+    ty, lx = _pairs(tops, lefts)
+    dev = _device(model)
+    glob = global_features_incremental if method == "incremental" else global_features_batched
+    s_iad, s_dad = [], []
+    with _inference(model):
+        for i in tqdm(range(images.shape[0]), desc="score maps", disable=not progress, leave=False):
+            img = images[i : i + 1].to(dev)
+            z_l = local_features_at(model.local_net, img, tops, lefts)[0].permute(1, 2, 0).reshape(gh * gw, -1)
+            z_g = glob(model.global_net, img, ty, lx, p, batch_size=batch_size)
+            s_iad.append(iad_score(z_l, z_g).reshape(gh, gw).cpu())
+            s_dad.append(dad_score(model.dad, z_l, z_g).reshape(gh, gw).cpu())
+    return {"s_iad": torch.stack(s_iad), "s_dad": torch.stack(s_dad), "tops": tops, "lefts": lefts}
+
+
+def score_patches_loop(
+    model: nn.Module,
+    images: Tensor,
+    stride: int | None = None,
+    max_patches: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The plain reference: one Local-Net forward per cropped patch, one Global-Net per masked image.
+
+    ``max_patches`` stops after that many patches per image (raster order); the scores of the
+    patches not computed are NaN (used by the benchmark to time a subset and extrapolate).
+    Returns the same dict as :func:`score_patches` plus ``n_done`` (patches computed per image).
+    """
+    from .global_net import hole_mask
+
+    p = model.preset.patch_size
+    images = _check_images(images, p)
+    tops, lefts = _grid_for(model, images, stride)
+    h, w = images.shape[-2:]
+    gh, gw = len(tops), len(lefts)
+    dev = _device(model)
+    n = gh * gw if max_patches is None else min(gh * gw, int(max_patches))
+    s_iad = torch.full((images.shape[0], gh, gw), float("nan"))
+    s_dad = torch.full((images.shape[0], gh, gw), float("nan"))
+    with _inference(model):
+        for b in range(images.shape[0]):
+            img = images[b : b + 1].to(dev)
+            for k in tqdm(range(n), desc="patches", disable=not progress, leave=False):
+                i, j = divmod(k, gw)
+                t, l = int(tops[i]), int(lefts[j])
+                z_l = model.local_net(img[:, :, t : t + p, l : l + p])
+                z_g = model.global_net(img, hole_mask((h, w), [t], [l], p, device=dev))
+                s_iad[b, i, j] = float(iad_score(z_l, z_g)[0])
+                s_dad[b, i, j] = float(dad_score(model.dad, z_l, z_g)[0])
+    return {"s_iad": s_iad, "s_dad": s_dad, "tops": tops, "lefts": lefts, "n_done": n}
+
+
+def normalise_scores(s_iad: Tensor, s_dad: Tensor, stats: Mapping[str, Any] | None) -> tuple[Tensor, Tensor]:
+    """Apply a normaliser from :func:`fit_score_normaliser` to each head's scores (or maps).
+
+    ``method == "zscore"``: ``(s - mean) / std`` per head; ``"p99"``: ``s / p99``.  ``None`` returns
+    the scores unchanged (the paper's plain Eq. 13).  Affine per head, so it commutes with IDW.
+    """
+    if stats is None:
+        return s_iad, s_dad
+    try:
+        method = stats["method"]
+        ia, da = stats["iad"], stats["dad"]
+        if method == "zscore":
+            return (s_iad - ia["mean"]) / ia["std"], (s_dad - da["mean"]) / da["std"]
+        if method == "p99":
+            return s_iad / ia["p99"], s_dad / da["p99"]
+    except (KeyError, TypeError) as e:
+        raise ScoringError(f"not a score normaliser (from fit_score_normaliser): missing {e}") from e
+    raise ScoringError(f"unknown normalisation method {method!r}; use 'zscore' or 'p99'")
+
+
+def fit_score_normaliser(
+    model: nn.Module,
+    train_images: Tensor,
+    method: str = "zscore",
+    stride: int | None = None,
+    max_images: int | None = 16,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Statistics of each head's patch scores over (up to ``max_images``) TRAINING images.
+
+    Returns ``{"method", "iad": {"mean", "std", "p99"}, "dad": {...}, "n_images", "n_patches",
+    "stride"}`` (plain floats, JSON-friendly).  Pass it as ``normalise=`` to :func:`head_maps` or
+    :func:`anomaly_maps`.  Never fit it on test images.
+    """
+    if method not in ("zscore", "p99"):
+        raise ScoringError(f"unknown normalisation method {method!r}; use 'zscore' or 'p99'")
+    imgs = train_images if max_images is None else train_images[: int(max_images)]
+    sc = score_patches(model, imgs, stride=stride, progress=progress)
+    out: dict[str, Any] = {"method": method}
+    for head in ("iad", "dad"):
+        v = sc[f"s_{head}"].reshape(-1).double()
+        out[head] = {
+            "mean": float(v.mean()),
+            "std": float(v.std().clamp_min(1e-12)) if len(v) > 1 else 1.0,
+            "p99": float(torch.quantile(v, 0.99).clamp_min(1e-12)),
+        }
+    out.update(n_images=int(imgs.shape[0]), n_patches=int(sc["s_iad"].numel()),
+               stride=int(stride or model.preset.score_stride))
+    return out
+
+
+def _idw_args(model: nn.Module, power: float | None, neighbours: int | None) -> tuple[float, int | None]:
+    pw = model.preset.idw_power if power is None else power
+    nb = model.preset.idw_neighbours if neighbours is None else neighbours
+    return float(pw), nb
+
+
+def _maps_from_scores(scores: Tensor, tops: Tensor, lefts: Tensor, p: int, h: int, w: int, power: float, nb: int | None) -> Tensor:
+    cy, cx = patch_centres(tops, lefts, p)
+    return idw_interpolate(scores, cy, cx, h, w, power=power, neighbours=nb)
+
+
+def head_maps(
+    model: nn.Module,
+    images: Tensor,
+    stride: int | None = None,
+    power: float | None = None,
+    neighbours: int | None = None,
+    progress: bool = False,
+    normalise: Mapping[str, Any] | None = None,
+    batch_size: int = 256,
+) -> dict[str, Tensor]:
+    """Per-pixel maps of each head: ``dict(iad=(B, H, W), dad=(B, H, W))``.
+
+    ``power`` / ``neighbours`` default to ``preset.idw_power`` / ``preset.idw_neighbours``
+    (``neighbours=0``: all centres).  Because IDW is linear, ``l * iad + (1 - l) * dad`` equals the map
+    of the combined score of Eq. 13 for any lambda_s = l (used by the Table 4 ablation).
+    """
+    sc = score_patches(model, images, stride=stride, batch_size=batch_size, progress=progress)
+    s_iad, s_dad = normalise_scores(sc["s_iad"], sc["s_dad"], normalise)
+    pw, nb = _idw_args(model, power, neighbours)
+    h, w = images.shape[-2:]
+    p = model.preset.patch_size
+    return {
+        "iad": _maps_from_scores(s_iad, sc["tops"], sc["lefts"], p, h, w, pw, nb),
+        "dad": _maps_from_scores(s_dad, sc["tops"], sc["lefts"], p, h, w, pw, nb),
+    }
+
+
+def anomaly_maps(
+    model: nn.Module,
+    images: Tensor,
+    lambda_s: float | None = None,
+    stride: int | None = None,
+    power: float | None = None,
+    neighbours: int | None = None,
+    progress: bool = False,
+    normalise: Mapping[str, Any] | None = None,
+    batch_size: int = 256,
+    method: str = "incremental",
+) -> Tensor:
+    """Anomaly maps ``(B, H, W)``: Eq. 13 per patch (lambda_s default ``preset.lambda_s``), then IDW."""
+    lam = model.preset.lambda_s if lambda_s is None else float(lambda_s)
+    sc = score_patches(model, images, stride=stride, batch_size=batch_size, method=method, progress=progress)
+    s_iad, s_dad = normalise_scores(sc["s_iad"], sc["s_dad"], normalise)
+    pw, nb = _idw_args(model, power, neighbours)
+    s = combined_score(s_iad, s_dad, lam)
+    return _maps_from_scores(s, sc["tops"], sc["lefts"], model.preset.patch_size, images.shape[2], images.shape[3], pw, nb)
+
+
+def anomaly_maps_loop(
+    model: nn.Module,
+    images: Tensor,
+    lambda_s: float | None = None,
+    stride: int | None = None,
+    power: float | None = None,
+    neighbours: int | None = None,
+    progress: bool = False,
+    normalise: Mapping[str, Any] | None = None,
+) -> Tensor:
+    """The plain reference for :func:`anomaly_maps`: a Python loop over patches (see
+    :func:`score_patches_loop`), then the same Eq. 13 and IDW."""
+    lam = model.preset.lambda_s if lambda_s is None else float(lambda_s)
+    sc = score_patches_loop(model, images, stride=stride, progress=progress)
+    s_iad, s_dad = normalise_scores(sc["s_iad"], sc["s_dad"], normalise)
+    pw, nb = _idw_args(model, power, neighbours)
+    s = combined_score(s_iad, s_dad, lam)
+    return _maps_from_scores(s, sc["tops"], sc["lefts"], model.preset.patch_size, images.shape[2], images.shape[3], pw, nb)

@@ -1,0 +1,249 @@
+"""Tests of the offline dataset: layout, exact masks, logical defects, determinism, regeneration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from glance_lite import offline_data as od
+from glance_lite.fileio import DatasetError, GlanceError
+from glance_lite.offline_data import (
+    OFFLINE_CATEGORIES,
+    OFFLINE_DEFECTS,
+    ensure_offline,
+    make_offline,
+    read_manifest,
+    render_sample,
+)
+
+SMALL = dict(size=64, n_train=3, n_test_good=2, n_test_defect=2)
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory) -> Path:
+    return make_offline(tmp_path_factory.mktemp("offline") / "ds", seed=0, **SMALL)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------------------------
+# layout and manifest
+# --------------------------------------------------------------------------------------------
+
+
+def test_categories_cover_textures_and_objects():
+    kinds = set(OFFLINE_CATEGORIES.values())
+    assert kinds == {"texture", "object"}
+    assert sum(k == "texture" for k in OFFLINE_CATEGORIES.values()) >= 2
+    assert sum(k == "object" for k in OFFLINE_CATEGORIES.values()) >= 2
+    assert set(OFFLINE_DEFECTS) == set(OFFLINE_CATEGORIES)
+    for name, kind in OFFLINE_CATEGORIES.items():
+        if kind == "texture":
+            assert {"stain", "scratch", "cut", "hole"} <= set(OFFLINE_DEFECTS[name])
+
+
+def test_layout_masks_and_manifest(small_root):
+    m = json.loads((small_root / "manifest.json").read_text())
+    assert (m["seed"], m["size"], m["version"]) == (0, 64, od.GENERATOR_VERSION)
+    assert set(m["categories"]) == set(OFFLINE_CATEGORIES)
+    for name, defects in OFFLINE_DEFECTS.items():
+        cat = small_root / name
+        assert len(list((cat / "train" / "good").glob("*.png"))) == 3
+        assert len(list((cat / "test" / "good").glob("*.png"))) == 2
+        assert not (cat / "ground_truth" / "good").exists()
+        for d in defects:
+            imgs = sorted((cat / "test" / d).glob("*.png"))
+            assert [p.name for p in imgs] == ["000.png", "001.png"]
+            for p in imgs:
+                mp = cat / "ground_truth" / d / f"{p.stem}_mask.png"
+                with Image.open(p) as im, Image.open(mp) as mk:
+                    assert im.mode == "RGB" and mk.mode == "L" and im.size == mk.size == (64, 64)
+                    mask = np.asarray(mk)
+                assert set(np.unique(mask).tolist()) == {0, 255}, f"{mp} is not a non-empty {{0,255}} mask"
+        assert m["categories"][name]["counts"] == {
+            "train/good": 3, "test/good": 2, **{f"test/{d}": 2 for d in defects}}
+
+
+def test_good_images_vary(small_root):
+    for name in OFFLINE_CATEGORIES:
+        a, b = (np.asarray(Image.open(p), np.float32) for p in sorted((small_root / name / "train" / "good").glob("*.png"))[:2])
+        assert np.abs(a - b).mean() > 1.0, f"{name}: two good images are (almost) identical"
+
+
+# --------------------------------------------------------------------------------------------
+# determinism
+# --------------------------------------------------------------------------------------------
+
+
+def test_same_seed_gives_identical_bytes(small_root, tmp_path):
+    again = make_offline(tmp_path / "again", seed=0, **SMALL)
+    assert _files(again) == _files(small_root)
+
+
+def test_other_seed_gives_other_images(small_root, tmp_path):
+    other = make_offline(tmp_path / "other", seed=1, **SMALL)
+    for name in OFFLINE_CATEGORIES:
+        for rel in ("train/good/000.png", f"test/{OFFLINE_DEFECTS[name][0]}/000.png"):
+            assert (other / name / rel).read_bytes() != (small_root / name / rel).read_bytes()
+    assert read_manifest(other)["seed"] == 1
+
+
+# --------------------------------------------------------------------------------------------
+# exact masks
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("category,defect", [(c, d) for c, ds in OFFLINE_DEFECTS.items() for d in ds])
+def test_mask_is_exactly_the_changed_pixels(category, defect):
+    for index in range(3):
+        s = render_sample(category, defect, index, size=96)
+        changed = np.any(s.clean != s.reference, axis=-1)
+        assert s.mask.any(), f"{category}/{defect}/{index}: empty mask"
+        assert not (changed & ~s.mask).any(), "a pixel changed outside the mask"
+        # the mask is tight: (nearly) every masked pixel really differs from the defect-free render
+        assert (changed & s.mask).sum() >= 0.9 * s.mask.sum()
+        assert s.image.shape == (96, 96, 3) and s.mask.shape == (96, 96)
+
+
+def test_good_images_have_empty_masks():
+    for category in OFFLINE_CATEGORIES:
+        s = render_sample(category, "good", 0, size=64)
+        assert not s.mask.any()
+        assert np.array_equal(s.clean, s.reference)
+
+
+# --------------------------------------------------------------------------------------------
+# logical defects: every part still looks normal, only its place (or colour) is wrong
+# --------------------------------------------------------------------------------------------
+
+
+def _rgb_histogram(img: np.ndarray) -> np.ndarray:
+    packed = (img[..., 0].astype(np.int64) << 16) | (img[..., 1].astype(np.int64) << 8) | img[..., 2]
+    return np.bincount(packed.ravel(), minlength=1 << 24)
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_board_swap_is_a_permutation_of_parts(index):
+    s = render_sample("board", "swapped", index, size=128)
+    assert sorted(s.parts) == sorted(s.reference_parts) and s.parts != s.reference_parts
+    # same parts, same pixels, other places: the colour histogram is unchanged pixel for pixel
+    assert np.array_equal(_rgb_histogram(s.clean), _rgb_histogram(s.reference))
+    assert not np.array_equal(s.clean, s.reference)
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_board_misplaced_part_is_intact(index):
+    s = render_sample("board", "misplaced", index, size=128)
+    assert s.parts == s.reference_parts
+    side = int(round(od._BOARD_TILE * 128))
+    tiles = {name: od._board_tile(name, side) for name in s.parts}
+    # every part appears, unchanged, somewhere in the defective image
+    for name, tile in tiles.items():
+        found = any(np.array_equal(s.clean[y:y + side, x:x + side], tile)
+                    for y in range(128 - side + 1) for x in range(128 - side + 1)
+                    if s.clean[y, x].tolist() == tile[0, 0].tolist())
+        assert found, f"part {name} was altered, not just moved"
+
+
+@pytest.mark.parametrize("defect", ["swapped", "recoloured"])
+def test_cable_wires_keep_their_texture_and_take_a_good_colour(defect):
+    from scipy import ndimage
+
+    palette = {n: np.array(c, np.float64) for n, c in od._CABLE_COLOURS.items()}
+    for index in range(3):
+        s = render_sample("cable", defect, index, size=96)
+        assert all(p in od._CABLE_ORDER for p in s.parts)
+        if defect == "swapped":
+            assert sorted(s.parts) == sorted(s.reference_parts) and s.parts != s.reference_parts
+        else:
+            assert len(set(s.parts)) == 2  # one colour now appears twice; no colour is new
+        labels, n = ndimage.label(s.mask)
+        assert n == (2 if defect == "swapped" else 1)
+        for k in range(1, n + 1):
+            region = labels == k
+            c = s.clean[region].astype(np.float64)
+            r = s.reference[region].astype(np.float64)
+            # same shading pixel by pixel, only the base colour changed from one wire's to another's
+            err = {(o, w): np.abs(c / palette[w] - r / palette[o]).mean() for o in palette for w in palette}
+            (old, new), best = min(err.items(), key=lambda kv: kv[1])
+            assert best < 0.02 and old != new, (old, new, best)
+
+
+# --------------------------------------------------------------------------------------------
+# ensure_offline and safety
+# --------------------------------------------------------------------------------------------
+
+
+def test_ensure_offline_generates_once_and_on_mismatch(tmp_path, monkeypatch):
+    monkeypatch.setattr(od, "DEFAULT_COUNTS", {"train": 2, "test_good": 1, "test_defect": 1})
+    root = tmp_path / "ens"
+    calls = []
+    real = od.make_offline
+
+    def spy(*a, **k):
+        calls.append(k.get("seed"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(od, "make_offline", spy)
+    assert ensure_offline(root, seed=0, size=48) == root
+    assert ensure_offline(root, seed=0, size=48) == root
+    assert calls == [0], "a complete dataset must not be regenerated"
+    ensure_offline(root, seed=3, size=48)
+    assert calls == [0, 3] and read_manifest(root)["seed"] == 3
+    m = read_manifest(root)
+    m["version"] = -1
+    (root / "manifest.json").write_text(json.dumps(m))
+    ensure_offline(root, seed=3, size=48)
+    assert len(calls) == 3 and read_manifest(root)["version"] == od.GENERATOR_VERSION
+
+
+def test_default_root_depends_on_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path))
+    assert od.default_offline_root() == tmp_path / "offline"
+    assert od.default_offline_root(seed=1, size=64) != tmp_path / "offline"
+
+
+def test_refuses_to_overwrite_foreign_data(tmp_path):
+    (tmp_path / "brick" / "train" / "good").mkdir(parents=True)
+    (tmp_path / "brick" / "train" / "good" / "mine.png").write_bytes(b"precious")
+    with pytest.raises(DatasetError, match="refusing"):
+        make_offline(tmp_path, **SMALL)
+    assert (tmp_path / "brick" / "train" / "good" / "mine.png").read_bytes() == b"precious"
+
+
+def test_bad_arguments_raise_glance_errors():
+    with pytest.raises(GlanceError, match="unknown offline category"):
+        render_sample("carpet")
+    with pytest.raises(GlanceError, match="no defect"):
+        render_sample("brick", "swapped")
+    with pytest.raises(GlanceError, match="at least 32"):
+        render_sample("cable", size=8)
+    with pytest.raises(GlanceError, match="n_train"):
+        make_offline("/nonexistent-never-written", n_train=0)
+
+
+# --------------------------------------------------------------------------------------------
+# the MVTec loader reads the offline set
+# --------------------------------------------------------------------------------------------
+
+
+def test_loads_with_mvtec_loader(small_root):
+    mvtec = pytest.importorskip("glance_lite.mvtec")
+    for name, defects in OFFLINE_DEFECTS.items():
+        cat = mvtec.find_category(small_root, name)
+        assert cat.has_masks and len(cat.train) == 3
+        info = mvtec.inspect_category(small_root, name)
+        assert info["defects"] == {"good": 2, **{d: 2 for d in sorted(defects)}}
+        ds = mvtec.MVTecDataset(cat, "test", image_size=32)
+        for item in ds:
+            assert item["image"].shape == (3, 32, 32)
+            if item["defect"] == "good":
+                assert item["label"] == 0 and item["mask"].sum() == 0
+            else:
+                assert item["label"] == 1 and item["mask"].sum() > 0
