@@ -263,7 +263,8 @@ def _check_tar(tf: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
             base = str(rel.parent) if m.issym() else "."
             if not _inside(posixpath.join(base, target)):
                 raise GlanceError(
-                    f"{archive}: refusing member {m.name!r}: link {m.linkname!r} points outside the target folder"
+                    f"{archive}: refusing member {m.name!r}: link {m.linkname!r} points outside "
+                    "the target folder"
                 )
             if m.issym():
                 links.add(rel)
@@ -291,7 +292,9 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> list[
                     _check_name(info.filename, archive)
                     mode = info.external_attr >> 16
                     if stat.S_ISLNK(mode):
-                        raise GlanceError(f"{archive}: refusing member {info.filename!r}: symbolic link in a zip")
+                        raise GlanceError(
+                            f"{archive}: refusing member {info.filename!r}: symbolic link in a zip"
+                        )
                 for info in infos:
                     out.append(Path(zf.extract(info, target)))
             return out

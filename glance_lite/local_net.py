@@ -154,7 +154,7 @@ class LocalNet(nn.Module):
             raise ValueError(f"LocalNet expects patches of shape (B, 3, {p}, {p}), got {tuple(patches.shape)}")
         return self._run(patches, dense=False).flatten(1)
 
-    def dense(self, images: Tensor, stride: int = 1, chunk: int = 8) -> Tensor:
+    def dense(self, images: Tensor, stride: int = 1, chunk: int = 4) -> Tensor:
         """Local features of every p x p patch of the images, without a loop over patches.
 
         Args:
@@ -165,6 +165,10 @@ class LocalNet(nn.Module):
         Returns:
             (B, dim, H', W') with H' = ceil((H - p + 1) / stride); entry [..., i, j] equals
             ``forward(images[..., i*s : i*s + p, j*s : j*s + p])``.
+
+        On CUDA, TF32 convolutions (PyTorch's default for cuDNN) round differently in the dense and
+        the per-patch pass (differences well above 1e-5 are possible; untested here); set ``torch.backends.cudnn.allow_tf32 = False``
+        when the two must agree to 1e-5.
         """
         p = self.patch_size
         if images.ndim != 4 or images.shape[1] != 3:

@@ -12,7 +12,9 @@ from glance_lite.cifar import CIFAR10_CLASSES, one_class_split
 from glance_lite.fileio import DatasetError, GlanceError
 
 
-def _fake(folder: Path, n_train: int = 6, n_test: int = 4, train_name: str = "cifar10_train_1000_per_class.npz") -> Path:
+def _fake(
+    folder: Path, n_train: int = 6, n_test: int = 4, train_name: str = "cifar10_train_1000_per_class.npz"
+) -> Path:
     """Images whose first pixel stores (class, index) so the split can be checked exactly."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, n in ((train_name, n_train), ("cifar10_test.npz", n_test)):

@@ -33,7 +33,9 @@ def _img(path: Path, size: tuple[int, int] = (20, 16), mode: str = "RGB", seed: 
     Image.fromarray(a, mode=mode).save(path)
 
 
-def _mask(path: Path, size: tuple[int, int] = (20, 16), box: tuple[int, int, int, int] = (2, 3, 8, 9)) -> None:
+def _mask(
+    path: Path, size: tuple[int, int] = (20, 16), box: tuple[int, int, int, int] = (2, 3, 8, 9)
+) -> None:
     w, h = size
     a = np.zeros((h, w), np.uint8)
     x0, y0, x1, y1 = box
@@ -269,7 +271,8 @@ def test_shared_hazelnut(shared_hazelnut: Path) -> None:
     cat = find_category(shared_hazelnut.parent, "hazelnut")
     odd = next(s for s in cat.train if Image.open(s.path).size == (512, 522))
     assert load_image(odd.path, 48).shape == (3, 48, 48)
-    assert all(s.mask_path is not None and s.mask_path.name == s.path.stem + ".png" for s in cat.test if s.label)
+    defective = [s for s in cat.test if s.label]
+    assert all(s.mask_path is not None and s.mask_path.name == s.path.stem + ".png" for s in defective)
 
 
 def test_sixteen_bit_image_and_mask(tmp_path: Path) -> None:
