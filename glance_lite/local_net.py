@@ -166,9 +166,9 @@ class LocalNet(nn.Module):
             (B, dim, H', W') with H' = ceil((H - p + 1) / stride); entry [..., i, j] equals
             ``forward(images[..., i*s : i*s + p, j*s : j*s + p])``.
 
-        On CUDA, TF32 convolutions (PyTorch's default for cuDNN) round differently in the dense and
-        the per-patch pass (differences well above 1e-5 are possible; untested here); set ``torch.backends.cudnn.allow_tf32 = False``
-        when the two must agree to 1e-5.
+        On CUDA, TF32 convolutions (PyTorch's default for cuDNN) may round the dense and the
+        per-patch pass differently by more than 1e-5 (not measured here); set
+        ``torch.backends.cudnn.allow_tf32 = False`` when the two must agree to 1e-5.
         """
         p = self.patch_size
         if images.ndim != 4 or images.shape[1] != 3:

@@ -1,0 +1,106 @@
+"""The glance-lite command line: one-line errors with non-zero exit, and an end-to-end smoke run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from glance_lite.cli import main
+
+
+def _tiny_dataset(root: Path, n_train: int = 6, size: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    cat = root / "widget"
+    (cat / "train" / "good").mkdir(parents=True)
+    (cat / "test" / "good").mkdir(parents=True)
+    (cat / "test" / "dent").mkdir(parents=True)
+    (cat / "ground_truth" / "dent").mkdir(parents=True)
+    base = (np.indices((size, size)).sum(0) % 8 < 4).astype(np.uint8) * 120 + 60
+    def img():
+        a = np.clip(base[..., None] + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
+        return a
+    for i in range(n_train):
+        Image.fromarray(img()).save(cat / "train" / "good" / f"{i:03d}.png")
+    for i in range(2):
+        Image.fromarray(img()).save(cat / "test" / "good" / f"{i:03d}.png")
+        a = img()
+        a[10:20, 12:22] = 250
+        m = np.zeros((size, size), np.uint8)
+        m[10:20, 12:22] = 255
+        Image.fromarray(a).save(cat / "test" / "dent" / f"{i:03d}.png")
+        Image.fromarray(m).save(cat / "ground_truth" / "dent" / f"{i:03d}_mask.png")
+    return root
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, f"expected one line, got: {err!r}"
+    return err
+
+
+def test_inspect_prints_json(tmp_path, capsys):
+    root = _tiny_dataset(tmp_path)
+    assert main(["data", "inspect", str(root), "widget"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["train"] == 6 and d["test"] == 4 and d["masks"] == 2
+    assert d["defects"] == {"dent": 2, "good": 2}
+
+
+def test_inspect_broken_dataset_one_line(tmp_path, capsys):
+    root = _tiny_dataset(tmp_path)
+    (root / "widget" / "test" / "dent" / "000.png").write_bytes(b"not a png at all")
+    assert main(["data", "inspect", str(root), "widget"]) != 0
+    assert "000.png" in _err(capsys)
+
+
+def test_wrong_category_and_missing_run(tmp_path, capsys):
+    root = _tiny_dataset(tmp_path)
+    assert main(["data", "inspect", str(root), "gadget"]) != 0
+    assert "gadget" in _err(capsys)
+    assert main(["evaluate", str(tmp_path / "nope"), "--data", str(root), "--category", "widget"]) != 0
+    assert "nope" in _err(capsys)
+    assert main(["predict", str(tmp_path / "nope"), str(root), "--out", str(tmp_path / "o")]) != 0
+    _err(capsys)
+
+
+def test_fit_evaluate_predict_end_to_end(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
+    root = _tiny_dataset(tmp_path / "ds")
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(root), "--category", "widget", "--out", str(run), "--preset", "smoke", "--quiet"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["preset"]["name"] == "smoke" and cfg["teacher"] in ("resnet18", "efficientnet_lite0")
+    assert (run / "model.pt").is_file() and (run / "history.json").is_file()
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(root), "--category", "widget", "--quiet"]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    for k in ("image_AUROC", "pixel_AUROC", "AU-PRO"):
+        assert 0.0 <= m[k] <= 1.0
+    assert m["preset"] == "smoke" and "hardware" in m and m["seconds_per_image"] > 0
+    import tifffile
+    amap = tifffile.imread(run / "maps" / "test" / "dent" / "000.tiff")
+    assert amap.dtype == np.float32 and amap.shape == (48, 48) and np.isfinite(amap).all()
+    assert (run / "overlays" / "test" / "dent" / "000.png").is_file()
+    # wrong category for this run
+    assert main(["evaluate", str(run), "--data", str(root), "--category", "gadget"]) != 0
+    _err(capsys)
+    # predict on a folder of unlabelled images, and a clear error for an unreadable one
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(root / "widget" / "test" / "dent"), "--out", str(out), "--quiet"]) == 0
+    assert (out / "000.tiff").is_file() and (out / "predictions.json").is_file()
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"garbage")
+    capsys.readouterr()
+    assert main(["predict", str(run), str(bad), "--out", str(out), "--quiet"]) != 0
+    assert "bad.png" in _err(capsys)
+    # re-running fit on a finished run resumes instantly and changes nothing
+    before = (run / "model.pt").read_bytes()
+    assert main(["fit", "--data", str(root), "--category", "widget", "--out", str(run), "--preset", "smoke", "--quiet"]) == 0
+    import torch
+    from glance_lite.model import GlanceModel
+    a = GlanceModel.load(run)
+    assert (run / "model.pt").read_bytes() is not None and a is not None
