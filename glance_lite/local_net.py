@@ -186,6 +186,29 @@ class LocalNet(nn.Module):
         return torch.cat(outs)
 
     @property
+    def stride(self) -> int:
+        """The network's natural output stride J (the product of its pooling sizes; 4 for p = 33)."""
+        j = 1
+        for kind, k, _ in self.layers:
+            if kind == "pool":
+                j *= int(k)
+        return j
+
+    def strided(self, images: Tensor, chunk: int = 16) -> Tensor:
+        """Z_l of the patches whose top-left corners lie on the grid ``0, J, 2J, ...`` (J = :attr:`stride`).
+
+        The plain fully-convolutional pass over the whole image computes exactly these, J*J times
+        cheaper than :meth:`dense`.  Returns (B, dim, H', W') with H' = floor((H - p) / J) + 1, so every
+        patch lies inside the image; entry [..., i, j] equals ``forward(images[..., iJ:iJ+p, jJ:jJ+p])``.
+        """
+        p, j = self.patch_size, self.stride
+        h, w = images.shape[-2:]
+        if h < p or w < p:
+            raise ValueError(f"images of {h}x{w} pixels are smaller than the {p}x{p} patch")
+        outs = [self._run(images[s : s + chunk], dense=False) for s in range(0, images.shape[0], chunk)]
+        return torch.cat(outs)[..., : (h - p) // j + 1, : (w - p) // j + 1]
+
+    @property
     def receptive_field(self) -> int:
         """Side of the top-left square of the patch that the output actually depends on."""
         rf, dilation = 1, 1

@@ -157,3 +157,19 @@ def test_adam_steps_reduce_local_loss() -> None:
     for _ in range(11):
         last = step()
     assert last < 0.8 * first
+
+
+def test_strided_equals_per_patch_on_the_natural_grid():
+    import torch
+    from glance_lite.local_net import LocalNet
+
+    torch.manual_seed(0)
+    net = LocalNet(33).eval()
+    img = torch.rand(2, 3, 50, 45)
+    with torch.no_grad():
+        z = net.strided(img)
+        j = net.stride
+        assert j == 4 and z.shape[-2:] == ((50 - 33) // 4 + 1, (45 - 33) // 4 + 1)
+        for (a, b) in [(0, 0), (4, 3), (2, 1)]:
+            ref = net(img[:, :, a * j : a * j + 33, b * j : b * j + 33])
+            assert torch.allclose(z[:, :, a, b], ref, atol=1e-5)
