@@ -62,6 +62,38 @@ def ablation_from_head_maps(run_dir: str | Path, lambdas: Iterable[float] = LAMB
     return {"rows": rows}
 
 
+def save_fig5_features(run: Path, data_root: Path, category: str, dest: Path, n_patches: int = 800) -> Path | None:
+    """Fig. 5 inputs for one category: the IAD and DAD views of the local and global features of the
+    abnormal patches among ``n_patches`` random crops of defective test images (float16 ``.npz``)."""
+    import torch
+
+    from .features import abnormal_patch_features, head_views
+    from .fileio import atomic_write
+    from .model import GlanceModel
+    from .mvtec import MVTecDataset, find_category
+
+    model = GlanceModel.load(run)
+    cat = find_category(data_root, category)
+    if not cat.has_masks:
+        return None
+    ds = MVTecDataset(cat, "test", model.preset.image_size, max_images=model.preset.max_test_images)
+    items = [ds[i] for i in range(len(ds)) if ds[i]["label"] == 1]
+    if not items:
+        return None
+    imgs = torch.stack([it["image"] for it in items])
+    masks = torch.stack([it["mask"] for it in items])
+    f = abnormal_patch_features(model, imgs, masks, n_patches=n_patches, seed=model.preset.seed)
+    v = head_views(model, f)
+
+    def w(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, fraction=f.fraction.astype(np.float16),
+                                iad_local=v["IAD"][0].astype(np.float16), iad_global=v["IAD"][1].astype(np.float16),
+                                dad_local=v["DAD"][0].astype(np.float16), dad_global=v["DAD"][1].astype(np.float16))
+
+    return atomic_write(dest / "fig5_features.npz", w)
+
+
 def _copy_figures(run: Path, dest: Path, per_defect: int = 1) -> list[str]:
     out = []
     ov = run / "overlays" / "test"
@@ -123,6 +155,7 @@ def reproduce(
                 abl.update(preset=p.name, teacher=metrics["teacher"], git_commit=metrics["git_commit"],
                            hardware=hardware_info(), date=metrics["date"])
                 atomic_write_json(dest / "ablation.json", abl)
+            save_fig5_features(run, root, cat, dest)
             shutil.copyfile(run / "history.json", dest / "history.json")
             _copy_figures(run, dest)
             rows.append(metrics)

@@ -66,7 +66,6 @@ Defined in :doc:`/notebooks/04_score_maps`.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections import OrderedDict
 from typing import Any, Iterator, Mapping, Sequence
@@ -386,24 +385,13 @@ def global_features_batched(
     return torch.cat(out)
 
 
-def _nopad_net(global_net: nn.Module) -> nn.Module:
-    """A shallow copy of the Global-Net sharing its weights, whose steps use no padding."""
-    g = copy.copy(global_net)
-    g._modules = OrderedDict(global_net._modules)  # type: ignore[assignment]
-    convs = []
-    for c in global_net.convs:
-        c2 = copy.copy(c)
-        c2.padding = (0, 0)
-        convs.append(c2)
-    g.convs = nn.ModuleList(convs)
-    g.pool_padding = 0
-    return g
-
-
 def _axis_plan(n: int, p: int, starts: Tensor, steps: Sequence[Any]) -> list[tuple[int, int, Tensor]]:
     """Per level (input, then each step's output): ``(length, window length A, window starts (N,))``.
 
-    The window of each hole contains every output the hole can change at that level.
+    The window of each hole contains every output that the hole can change at that level: output i
+    of a step (kernel k, stride s, padding q) reads inputs ``[i s - q, i s - q + k - 1]``, so it can
+    change iff that range meets the changed inputs ``[a0, a1]``.  All holes share one window length
+    (the largest); a window is shifted inwards at the borders.
     """
     a0 = starts.clone()
     a1 = starts + p - 1
@@ -411,10 +399,10 @@ def _axis_plan(n: int, p: int, starts: Tensor, steps: Sequence[Any]) -> list[tup
     for st in steps:
         k, s, pad = st.kernel, st.stride, st.padding
         n_out = st.out_size(n)
-        lo = torch.div(a0 + pad - k + 1 + s - 1, s, rounding_mode="floor").clamp_min(0)
+        lo = torch.div(a0 + pad - k + s, s, rounding_mode="floor").clamp_min(0)  # ceil((a0+pad-k+1)/s)
         hi = torch.div(a1 + pad, s, rounding_mode="floor").clamp_max(n_out - 1)
-        empty = lo > hi
-        lo = torch.where(empty, hi.clamp_min(0).clamp_max(n_out - 1), lo)
+        empty = lo > hi  # nothing changes along this axis: keep a 1-long window (harmless)
+        lo = torch.where(empty, lo.clamp_max(n_out - 1), lo)
         hi = torch.where(empty, lo, hi)
         length = min(n_out, int((hi - lo + 1).max()))
         win = lo.clamp_max(n_out - length)
@@ -423,26 +411,108 @@ def _axis_plan(n: int, p: int, starts: Tensor, steps: Sequence[Any]) -> list[tup
     return plan
 
 
-def _gather(padded: Tensor, r0: Tensor, c0: Tensor, lr: int, lc: int) -> Tensor:
-    """Crops ``padded[0, :, r0[b]:r0[b]+lr, c0[b]:c0[b]+lc]`` for every b: ``(B, C, lr, lc)``."""
-    ar = torch.arange(lr, device=padded.device)
-    ac = torch.arange(lc, device=padded.device)
-    rows = (r0[:, None] + ar)[:, :, None]
-    cols = (c0[:, None] + ac)[:, None, :]
-    return padded[0][:, rows, cols].permute(1, 0, 2, 3)
+class _Level:
+    """Geometry of one step for one batch of holes (independent of the image)."""
+
+    __slots__ = ("kind", "index", "kernel", "stride", "idx", "shape", "ratio", "valid")
+
+    def __init__(self, **kw: Any) -> None:
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
 
 
-def _paste(region: Tensor, crop: Tensor, dr: Tensor, dc: Tensor) -> Tensor:
-    """Write ``crop[b]`` into ``region[b]`` at offset ``(dr[b], dc[b])``; parts outside are dropped."""
-    b, c, lr, lc = region.shape
-    ar, ac = crop.shape[-2:]
-    rr = dr[:, None] + torch.arange(ar, device=region.device)  # (B, ar)
-    cc = dc[:, None] + torch.arange(ac, device=region.device)  # (B, ac)
-    valid = ((rr >= 0) & (rr < lr))[:, :, None] & ((cc >= 0) & (cc < lc))[:, None, :]
-    flat = torch.where(valid, rr[:, :, None] * lc + cc[:, None, :], lr * lc).reshape(b, 1, -1)
-    buf = torch.cat([region.reshape(b, c, lr * lc), region.new_zeros(b, c, 1)], dim=2)
-    buf.scatter_(2, flat.expand(b, c, -1), crop.reshape(b, c, -1).to(buf.dtype))
-    return buf[:, :, :-1].reshape(b, c, lr, lc)
+def _region_index(
+    r0: Tensor, c0: Tensor, lr: int, lc: int, wp: int, n_cache: int,
+    pr: Tensor | None, pc: Tensor | None, ar: int, ac: int,
+) -> Tensor:
+    """Flat row indices into ``cat([cache (Hp*Wp, C), prev crops (B*ar*ac, C)])`` of every region
+    element ``(b, i, j)`` at padded position ``(r0[b] + i, c0[b] + j)``; positions inside the previous
+    window ``[pr[b], pr[b] + ar) x [pc[b], pc[b] + ac)`` (padded coordinates) read the crop."""
+    b = len(r0)
+    ii = r0[:, None] + torch.arange(lr)  # (B, lr) padded rows
+    jj = c0[:, None] + torch.arange(lc)
+    idx = ii[:, :, None] * wp + jj[:, None, :]
+    if pr is not None and pc is not None:
+        di, dj = ii - pr[:, None], jj - pc[:, None]
+        inside = ((di >= 0) & (di < ar))[:, :, None] & ((dj >= 0) & (dj < ac))[:, None, :]
+        crop = n_cache + torch.arange(b)[:, None, None] * (ar * ac) + di[:, :, None] * ac + dj[:, None, :]
+        idx = torch.where(inside, crop, idx)
+    return idx.reshape(-1)
+
+
+def _gather_cl(src: Tensor, idx: Tensor, b: int, lr: int, lc: int) -> Tensor:
+    """Rows ``src[idx]`` of a channels-last flat source as a ``(B, C, lr, lc)`` channels-last tensor."""
+    return src.index_select(0, idx).view(b, lr, lc, src.shape[1]).permute(0, 3, 1, 2)
+
+
+def _flat_cl(x: Tensor) -> Tensor:
+    """``(1 or B, C, H, W)`` -> ``(N*H*W, C)`` (a view when already channels-last)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+_PLAN_CACHE: "OrderedDict[tuple, list[tuple[list[_Level], Tensor, Tensor]]]" = OrderedDict()
+
+
+def _incremental_plan(global_net: nn.Module, h: int, w: int, p: int, tops: Tensor, lefts: Tensor, batch_size: int):
+    """Per batch of holes: the per-step geometry (gather indices, partial-conv ratios and validity)
+    and the final gather index and mask.  Masks depend on the hole only, never on the image, so they
+    are computed here once (1 channel, with the library's own ``window_mask_sum``) and cached."""
+    from .partial_conv import window_mask_sum
+
+    steps = global_net.steps()
+    wsize = tuple(int(c.window_size) for c in global_net.convs)
+    key = (tuple(steps), wsize, h, w, p, tuple(tops.tolist()), tuple(lefts.tolist()), batch_size)
+    if key in _PLAN_CACHE:
+        _PLAN_CACHE.move_to_end(key)
+        return _PLAN_CACHE[key]
+    rplan, cplan = _axis_plan(h, p, tops, steps), _axis_plan(w, p, lefts, steps)
+    # unmasked masks at every level (all ones) are just the level sizes
+    sizes = [(rp[0], cp[0]) for rp, cp in zip(rplan, cplan)]
+    batches = []
+    for a in range(0, len(tops), batch_size):
+        sl = slice(a, a + batch_size)
+        b = len(tops[sl])
+        levels: list[_Level] = []
+        prev_mask = torch.zeros(b * p * p, 1)  # level 0: the hole, mask 0
+        wr, wc = tops[sl], lefts[sl]
+        ar_prev, ac_prev = p, p
+        for li, st in enumerate(steps):
+            n_r, n_c = sizes[li]
+            q, s, k = st.padding, st.stride, st.kernel
+            _, ar, nwr_all = rplan[li + 1]
+            _, ac, nwc_all = cplan[li + 1]
+            nwr, nwc = nwr_all[sl], nwc_all[sl]
+            lr, lc = (ar - 1) * s + k, (ac - 1) * s + k
+            hp, wp = n_r + 2 * q, n_c + 2 * q
+            r0, c0 = nwr * s, nwc * s
+            cache_mask = torch.nn.functional.pad(torch.ones(1, 1, n_r, n_c), (q, q, q, q))
+            midx = _region_index(r0, c0, lr, lc, wp, hp * wp, wr + q, wc + q, ar_prev, ac_prev)
+            reg_m = _gather_cl(torch.cat([_flat_cl(cache_mask), prev_mask]), midx, b, lr, lc).contiguous()
+            if st.kind == "pconv":
+                msum = window_mask_sum(reg_m, k, s, 0)
+                valid = msum > 0
+                ratio = torch.where(valid, global_net.convs[st.index].window_size / msum.clamp_min(1e-8), 0.0)
+                new_mask = valid.float()
+            else:
+                valid = ratio = None
+                new_mask = (torch.nn.functional.max_pool2d(reg_m, k, s) > 0).float()
+            # level 0: hole pixels read an all-zero row appended to the cache (the masked input X*M)
+            fidx = midx if li > 0 else midx.clamp_max(hp * wp)
+            levels.append(
+                _Level(kind=st.kind, index=st.index, kernel=k, stride=s, idx=fidx, shape=(b, lr, lc), ratio=ratio,
+                       valid=None if valid is None else valid.float())
+            )
+            prev_mask = _flat_cl(new_mask).contiguous()
+            wr, wc, ar_prev, ac_prev = nwr, nwc, ar, ac
+        fh, fw = sizes[-1]
+        fin_idx = _region_index(torch.zeros(b, dtype=torch.long), torch.zeros(b, dtype=torch.long), fh, fw, fw,
+                                fh * fw, wr, wc, ar_prev, ac_prev)
+        fin_mask = _gather_cl(torch.cat([torch.ones(fh * fw, 1), prev_mask]), fin_idx, b, fh, fw).contiguous()
+        batches.append((levels, fin_idx, fin_mask))
+    _PLAN_CACHE[key] = batches
+    while len(_PLAN_CACHE) > 2:
+        _PLAN_CACHE.popitem(last=False)
+    return batches
 
 
 def global_features_incremental(
@@ -456,12 +526,16 @@ def global_features_incremental(
     """Exact Z_g ``(N, dim)`` of one image with each hole ``(tops[k], lefts[k])`` masked out.
 
     Equal (up to float rounding) to ``global_net(image, hole_mask(...))`` per hole, but only the
-    part of each layer that the hole can change is recomputed (see the module docstring).
+    part of each layer that the hole can change is recomputed (see the module docstring).  The
+    partial-convolution arithmetic follows :class:`glance_lite.partial_conv.PartialConv2d` (masked
+    input, ``sum(1)/sum(M)`` rescaling, bias after rescaling, exact 0 where no input is valid) and
+    the network's step order (:meth:`GlobalNet.steps`: partial conv + ReLU, mask max-pool); the
+    masks are image-independent and precomputed per geometry.
     """
     image = image if image.dim() == 4 else image[None]
     if image.shape[0] != 1:
         raise ScoringError(f"global_features_incremental takes one image, got a batch of {image.shape[0]}")
-    dev = image.device
+    dev, dt = image.device, image.dtype
     h, w = image.shape[-2:]
     p = int(patch_size)
     tops = torch.as_tensor(tops, dtype=torch.long).reshape(-1).cpu()
@@ -473,49 +547,38 @@ def global_features_incremental(
     if int(tops.min()) < 0 or int(tops.max()) > h - p or int(lefts.min()) < 0 or int(lefts.max()) > w - p:
         raise ScoringError(f"a {p}x{p} hole must lie inside the {h}x{w} image")
     steps = global_net.steps()
-    nopad = _nopad_net(global_net)
-    nsteps = nopad.steps()
-    ones = torch.ones(1, 1, h, w, dtype=image.dtype, device=dev)
+    plan = _incremental_plan(global_net, int(h), int(w), p, tops, lefts, int(batch_size))
+    ones = torch.ones(1, 1, h, w, dtype=dt, device=dev)
     trace = global_net.trace(image, ones)
     feats = [global_net.normalize(image)] + [t[1] for t in trace[1:]]
-    masks = [ones] + [t[2] for t in trace[1:]]
-    padded = []
-    for st, f, m in zip(steps, feats, masks):
+    caches = []
+    for st, f in zip(steps, feats):
         q = st.padding
         fill = float("-inf") if st.kind == "pool" else 0.0
-        padded.append(
-            (
-                torch.nn.functional.pad(f, (q, q, q, q), value=fill),
-                torch.nn.functional.pad(m, (q, q, q, q), value=0.0),
-            )
-        )
-    rplan = _axis_plan(h, p, tops, steps)
-    cplan = _axis_plan(w, p, lefts, steps)
-    final_f, final_m = feats[-1], masks[-1]
+        caches.append(_flat_cl(torch.nn.functional.pad(f, (q, q, q, q), value=fill)).contiguous())
+    final_cache = _flat_cl(feats[-1]).contiguous()
+    zero0 = torch.zeros(1, feats[0].shape[1], dtype=dt, device=dev)
+    fh, fw = feats[-1].shape[-2:]
     out = []
-    for a in range(0, len(tops), batch_size):
-        sl = slice(a, a + batch_size)
-        bt, bl = tops[sl].to(dev), lefts[sl].to(dev)
-        b = len(bt)
-        # level 0: the hole itself -- same pixels, mask 0
-        cur_f = _gather(feats[0], bt, bl, p, p)
-        cur_m = torch.zeros(b, 1, p, p, dtype=image.dtype, device=dev)
-        wr, wc = bt, bl
-        for li, (st, nst) in enumerate(zip(steps, nsteps)):
-            _, ar, wr_all = rplan[li + 1]
-            _, ac, wc_all = cplan[li + 1]
-            nwr, nwc = wr_all[sl].to(dev), wc_all[sl].to(dev)
-            s, k, q = st.stride, st.kernel, st.padding
-            lr, lc = (ar - 1) * s + k, (ac - 1) * s + k
-            r0, c0 = nwr * s, nwc * s  # region start in padded coordinates
-            pf, pm = padded[li]
-            reg_f = _paste(_gather(pf, r0, c0, lr, lc), cur_f, wr + q - r0, wc + q - c0)
-            reg_m = _paste(_gather(pm, r0, c0, lr, lc), cur_m, wr + q - r0, wc + q - c0)
-            cur_f, cur_m = nopad.run_step(nst, reg_f, reg_m)
-            wr, wc = nwr, nwc
-        full_f = _paste(final_f.expand(b, -1, -1, -1), cur_f, wr, wc)
-        full_m = _paste(final_m.expand(b, -1, -1, -1), cur_m, wr, wc)
-        out.append(global_net.pool_head(full_f, full_m))
+    for levels, fin_idx, fin_mask in plan:
+        crop = None
+        for li, lv in enumerate(levels):
+            src = torch.cat([caches[li], zero0 if crop is None else crop])
+            b, lr, lc = lv.shape
+            reg = _gather_cl(src, lv.idx.to(dev), b, lr, lc)
+            if lv.kind == "pconv":
+                conv = global_net.convs[lv.index]
+                y = torch.nn.functional.conv2d(reg, conv.weight, None, lv.stride, 0)
+                y.mul_(lv.ratio.to(dev, dt))
+                if conv.bias is not None:
+                    y.add_(conv.bias.view(1, -1, 1, 1))
+                y.clamp_min_(0).mul_(lv.valid.to(dev, dt))
+            else:
+                y = torch.nn.functional.max_pool2d(reg, lv.kernel, lv.stride)
+            crop = _flat_cl(y)
+        b = fin_mask.shape[0]
+        full = _gather_cl(torch.cat([final_cache, crop]), fin_idx.to(dev), b, fh, fw)
+        out.append(global_net.pool_head(full, fin_mask.to(dev, dt)))
     return torch.cat(out)
 
 

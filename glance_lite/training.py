@@ -264,6 +264,18 @@ def _cached(path: Path, make: Callable[[], dict[str, torch.Tensor]]) -> dict[str
     return obj
 
 
+def pretrain_key(preset: Preset, corpus_folder: str | Path | None = None) -> str:
+    """Short hash of everything that determines the pre-trained Local-Net (so a changed preset
+    never silently reuses a stale pre-training)."""
+    import hashlib
+
+    fields = ("patch_size", "descriptor_dim", "batch_size", "lr", "weight_decay", "seed", "lambda_k", "lambda_c",
+              "teacher_input_size", "pretrain_patches", "pretrain_steps")
+    d = {f: getattr(preset, f) for f in fields}
+    d["corpus"] = str(corpus_folder) if corpus_folder else "skimage"
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def pretrain_local(
     preset: Preset,
     teacher: str = "auto",
@@ -283,7 +295,7 @@ def pretrain_local(
 
     t = load_teacher(preset.teacher if teacher == "auto" and preset.teacher != "auto" else teacher,
                      input_size=preset.teacher_input_size, verbose=progress)
-    out = Path(out_dir) if out_dir else runs_dir() / f"pretrain-{preset.name}-{t.name}"
+    out = Path(out_dir) if out_dir else runs_dir() / f"pretrain-{preset.name}-{t.name}-{pretrain_key(preset, corpus_folder)}"
     out.mkdir(parents=True, exist_ok=True)
     trainer = LocalTrainer(preset, t.dim)
     final = out / "local_pretrained.pt"
