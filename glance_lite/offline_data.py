@@ -74,7 +74,7 @@ __all__ = [
     "read_manifest",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bumped whenever the rendering changes; :func:`ensure_offline` regenerates on a mismatch."""
 
 _GENERATOR_NAME = "glance_lite.offline_data"
@@ -284,8 +284,8 @@ def _defect_stain(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray
     canvas, draw = _mask_canvas(size)
     c = _point(size, rng)
     for _ in range(int(rng.integers(3, 7))):
-        o = c + rng.normal(0, 0.035 * size, size=2)
-        ry, rx = rng.uniform(0.025, 0.07, size=2) * size
+        o = c + rng.normal(0, 0.04 * size, size=2)
+        ry, rx = rng.uniform(0.03, 0.08, size=2) * size
         ry, rx = max(ry, 1.5), max(rx, 1.5)
         draw.ellipse([o[0] - rx, o[1] - ry, o[0] + rx, o[1] + ry], fill=255)
     mask = _as_bool(canvas)
@@ -300,7 +300,7 @@ def _defect_scratch(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarr
     size = img.shape[0]
     canvas, draw = _mask_canvas(size)
     p0 = _point(size, rng)
-    length = rng.uniform(0.25, 0.5) * size
+    length = rng.uniform(0.3, 0.55) * size
     ang = rng.uniform(0, 2 * math.pi)
     p2 = np.clip(p0 + length * np.array([math.cos(ang), math.sin(ang)]), 2, size - 3)
     mid = (p0 + p2) / 2
@@ -308,7 +308,7 @@ def _defect_scratch(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarr
     p1 = mid + normal * rng.uniform(-0.25, 0.25) * length
     t = np.linspace(0, 1, 40)[:, None]
     pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2  # quadratic Bezier curve
-    width = _scale(size, rng.uniform(1.5, 3.5))
+    width = _scale(size, rng.uniform(3.0, 6.0))
     draw.line([tuple(p) for p in pts.tolist()], fill=255, width=width, joint="curve")
     mask = _as_bool(canvas)
     scratched = 0.35 * img.astype(np.float32) + 0.65 * np.array([235, 232, 225], np.float32)
@@ -319,11 +319,11 @@ def _defect_cut(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
     size = img.shape[0]
     canvas, draw = _mask_canvas(size)
     c = _point(size, rng)
-    length = rng.uniform(0.12, 0.25) * size
+    length = rng.uniform(0.15, 0.3) * size
     ang = rng.uniform(0, math.pi)
     u = np.array([math.cos(ang), math.sin(ang)])
     n = np.array([-u[1], u[0]])
-    half_w = max(1.5, rng.uniform(0.008, 0.016) * size)
+    half_w = max(1.5, rng.uniform(0.015, 0.03) * size)
     t = np.linspace(-0.5, 0.5, 24)
     bulge = np.sin(np.pi * (t + 0.5))  # a slit: pointed ends, widest in the middle
     side_a = c + np.outer(t * length, u) + np.outer(half_w * bulge, n)
@@ -338,7 +338,7 @@ def _defect_cut(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
 def _defect_hole(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     size = img.shape[0]
     c = _point(size, rng)
-    r = max(2.5, rng.uniform(0.03, 0.06) * size)
+    r = max(2.5, rng.uniform(0.04, 0.075) * size)
     ry, rx = r * rng.uniform(0.8, 1.2), r * rng.uniform(0.8, 1.2)
     canvas, draw = _mask_canvas(size)
     rim = _scale(size, 2.0)

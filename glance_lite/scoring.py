@@ -385,36 +385,67 @@ def global_features_batched(
     return torch.cat(out)
 
 
-def _axis_plan(n: int, p: int, starts: Tensor, steps: Sequence[Any]) -> list[tuple[int, int, Tensor]]:
-    """Per level (input, then each step's output): ``(length, window length A, window starts (N,))``.
+class _Axis:
+    """One axis of the incremental plan at one level, for every hole (N of them).
 
-    The window of each hole contains every output that the hole can change at that level: output i
-    of a step (kernel k, stride s, padding q) reads inputs ``[i s - q, i s - q + k - 1]``, so it can
-    change iff that range meets the changed inputs ``[a0, a1]``.  All holes share one window length
-    (the largest); a window is shifted inwards at the borders.
+    ``n``: length of the level; ``A``: window length; ``win`` (N,): window starts; ``h0``, ``h1`` (N,):
+    the hole's invalid interval at this level (empty when ``h0 > h1``); and, for the step producing
+    this level, ``rm`` / ``rh`` (N, A): how many inputs of each window position's kernel lie inside
+    the map / inside the hole (so that ``sum(M) = rm_r rm_c - rh_r rh_c``, exactly).
     """
-    a0 = starts.clone()
-    a1 = starts + p - 1
-    plan = [(n, p, starts.clone())]
+
+    __slots__ = ("n", "A", "win", "h0", "h1", "rm", "rh")
+
+    def __init__(self, **kw: Any) -> None:
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
+
+
+def _overlap(a0: Tensor, a1: Tensor, b0: Tensor, b1: Tensor) -> Tensor:
+    """Length of the intersection of the integer intervals [a0, a1] and [b0, b1] (0 if disjoint)."""
+    return (torch.minimum(a1, b1) - torch.maximum(a0, b0) + 1).clamp_min(0)
+
+
+def _axis_plan(n: int, p: int, starts: Tensor, steps: Sequence[Any]) -> list[_Axis]:
+    """The per-level geometry of one axis (see :class:`_Axis`), level 0 being the input.
+
+    Changed region: output i of a step (kernel k, stride s, padding q) reads inputs
+    ``[i s - q, i s - q + k - 1]`` and so can change iff that range meets the changed inputs
+    ``[a0, a1]``.  All holes share one window length (the largest) and a window is shifted inwards
+    at the borders.  Invalid (hole) region: an output is invalid iff every input of its window that
+    lies inside the map lies inside the hole (zero padding counts as a hole, as in Eq. 5); for a
+    rectangular hole this is again a rectangle, the product of one interval per axis.
+    """
+    a0, a1 = starts.clone(), starts + p - 1
+    plan = [_Axis(n=n, A=p, win=starts.clone(), h0=a0.clone(), h1=a1.clone())]
+    h0, h1 = a0.clone(), a1.clone()
     for st in steps:
-        k, s, pad = st.kernel, st.stride, st.padding
+        k, s, q = st.kernel, st.stride, st.padding
         n_out = st.out_size(n)
-        lo = torch.div(a0 + pad - k + s, s, rounding_mode="floor").clamp_min(0)  # ceil((a0+pad-k+1)/s)
-        hi = torch.div(a1 + pad, s, rounding_mode="floor").clamp_max(n_out - 1)
+        lo = torch.div(a0 + q - k + s, s, rounding_mode="floor").clamp_min(0)  # ceil((a0+q-k+1)/s)
+        hi = torch.div(a1 + q, s, rounding_mode="floor").clamp_max(n_out - 1)
         empty = lo > hi  # nothing changes along this axis: keep a 1-long window (harmless)
         lo = torch.where(empty, lo.clamp_max(n_out - 1), lo)
         hi = torch.where(empty, lo, hi)
         length = min(n_out, int((hi - lo + 1).max()))
         win = lo.clamp_max(n_out - length)
-        plan.append((n_out, length, win))
-        a0, a1, n = lo, hi, n_out
+        i = win[:, None] + torch.arange(length)  # (N, A) output positions of the window
+        w0, w1 = i * s - q, i * s - q + k - 1
+        rm = _overlap(w0, w1, torch.zeros_like(w0), torch.full_like(w0, n - 1))
+        rh = _overlap(w0, w1, h0[:, None], h1[:, None])
+        bad = rm == rh  # every in-map input of the window is in the hole
+        any_bad = bad.any(dim=1)
+        first = torch.where(any_bad, win + bad.float().argmax(dim=1), torch.full_like(win, n_out))
+        last = torch.where(any_bad, win + length - 1 - bad.flip(1).float().argmax(dim=1), torch.full_like(win, -1))
+        plan.append(_Axis(n=n_out, A=length, win=win, h0=first, h1=last, rm=rm, rh=rh))
+        a0, a1, n, h0, h1 = lo, hi, n_out, first, last
     return plan
 
 
 class _Level:
     """Geometry of one step for one batch of holes (independent of the image)."""
 
-    __slots__ = ("kind", "index", "kernel", "stride", "idx", "shape", "ratio", "valid")
+    __slots__ = ("kind", "index", "kernel", "stride", "idx", "shape", "out_hw", "ratio", "valid")
 
     def __init__(self, **kw: Any) -> None:
         for k in self.__slots__:
@@ -431,12 +462,13 @@ def _region_index(
     b = len(r0)
     ii = r0[:, None] + torch.arange(lr)  # (B, lr) padded rows
     jj = c0[:, None] + torch.arange(lc)
-    idx = ii[:, :, None] * wp + jj[:, None, :]
+    idx = (ii * wp)[:, :, None] + jj[:, None, :]
     if pr is not None and pc is not None:
         di, dj = ii - pr[:, None], jj - pc[:, None]
-        inside = ((di >= 0) & (di < ar))[:, :, None] & ((dj >= 0) & (dj < ac))[:, None, :]
-        crop = n_cache + torch.arange(b)[:, None, None] * (ar * ac) + di[:, :, None] * ac + dj[:, None, :]
-        idx = torch.where(inside, crop, idx)
+        in_r = ((di >= 0) & (di < ar))[:, :, None]
+        in_c = ((dj >= 0) & (dj < ac))[:, None, :]
+        crop = (n_cache + torch.arange(b)[:, None] * (ar * ac) + di * ac)[:, :, None] + dj[:, None, :]
+        idx = torch.where(in_r & in_c, crop, idx)
     return idx.reshape(-1)
 
 
@@ -454,60 +486,47 @@ _PLAN_CACHE: "OrderedDict[tuple, list[tuple[list[_Level], Tensor, Tensor]]]" = O
 
 
 def _incremental_plan(global_net: nn.Module, h: int, w: int, p: int, tops: Tensor, lefts: Tensor, batch_size: int):
-    """Per batch of holes: the per-step geometry (gather indices, partial-conv ratios and validity)
-    and the final gather index and mask.  Masks depend on the hole only, never on the image, so they
-    are computed here once (1 channel, with the library's own ``window_mask_sum``) and cached."""
-    from .partial_conv import window_mask_sum
-
+    """Per batch of holes: the per-step gather indices and partial-conv rescaling, and the final
+    gather index and mask.  Masks depend on the hole only, never on the image, so they are computed
+    here once per geometry (in closed form, see :func:`_axis_plan`) and cached."""
     steps = global_net.steps()
     wsize = tuple(int(c.window_size) for c in global_net.convs)
     key = (tuple(steps), wsize, h, w, p, tuple(tops.tolist()), tuple(lefts.tolist()), batch_size)
     if key in _PLAN_CACHE:
         _PLAN_CACHE.move_to_end(key)
         return _PLAN_CACHE[key]
-    rplan, cplan = _axis_plan(h, p, tops, steps), _axis_plan(w, p, lefts, steps)
-    # unmasked masks at every level (all ones) are just the level sizes
-    sizes = [(rp[0], cp[0]) for rp, cp in zip(rplan, cplan)]
+    rp, cp = _axis_plan(h, p, tops, steps), _axis_plan(w, p, lefts, steps)
     batches = []
     for a in range(0, len(tops), batch_size):
         sl = slice(a, a + batch_size)
         b = len(tops[sl])
         levels: list[_Level] = []
-        prev_mask = torch.zeros(b * p * p, 1)  # level 0: the hole, mask 0
-        wr, wc = tops[sl], lefts[sl]
-        ar_prev, ac_prev = p, p
         for li, st in enumerate(steps):
-            n_r, n_c = sizes[li]
             q, s, k = st.padding, st.stride, st.kernel
-            _, ar, nwr_all = rplan[li + 1]
-            _, ac, nwc_all = cplan[li + 1]
-            nwr, nwc = nwr_all[sl], nwc_all[sl]
-            lr, lc = (ar - 1) * s + k, (ac - 1) * s + k
-            hp, wp = n_r + 2 * q, n_c + 2 * q
-            r0, c0 = nwr * s, nwc * s
-            cache_mask = torch.nn.functional.pad(torch.ones(1, 1, n_r, n_c), (q, q, q, q))
-            midx = _region_index(r0, c0, lr, lc, wp, hp * wp, wr + q, wc + q, ar_prev, ac_prev)
-            reg_m = _gather_cl(torch.cat([_flat_cl(cache_mask), prev_mask]), midx, b, lr, lc).contiguous()
+            pr, pc, nr, nc = rp[li], cp[li], rp[li + 1], cp[li + 1]
+            lr, lc = (nr.A - 1) * s + k, (nc.A - 1) * s + k
+            wp = pc.n + 2 * q
+            n_cache = (pr.n + 2 * q) * wp
+            idx = _region_index(nr.win[sl] * s, nc.win[sl] * s, lr, lc, wp, n_cache,
+                                pr.win[sl] + q, pc.win[sl] + q, pr.A, pc.A)
+            ratio = valid = None
             if st.kind == "pconv":
-                msum = window_mask_sum(reg_m, k, s, 0)
-                valid = msum > 0
-                ratio = torch.where(valid, global_net.convs[st.index].window_size / msum.clamp_min(1e-8), 0.0)
-                new_mask = valid.float()
-            else:
-                valid = ratio = None
-                new_mask = (torch.nn.functional.max_pool2d(reg_m, k, s) > 0).float()
-            # level 0: hole pixels read an all-zero row appended to the cache (the masked input X*M)
-            fidx = midx if li > 0 else midx.clamp_max(hp * wp)
-            levels.append(
-                _Level(kind=st.kind, index=st.index, kernel=k, stride=s, idx=fidx, shape=(b, lr, lc), ratio=ratio,
-                       valid=None if valid is None else valid.float())
-            )
-            prev_mask = _flat_cl(new_mask).contiguous()
-            wr, wc, ar_prev, ac_prev = nwr, nwc, ar, ac
-        fh, fw = sizes[-1]
-        fin_idx = _region_index(torch.zeros(b, dtype=torch.long), torch.zeros(b, dtype=torch.long), fh, fw, fw,
-                                fh * fw, wr, wc, ar_prev, ac_prev)
-        fin_mask = _gather_cl(torch.cat([torch.ones(fh * fw, 1), prev_mask]), fin_idx, b, fh, fw).contiguous()
+                msum = (nr.rm[sl, :, None] * nc.rm[sl, None, :] - nr.rh[sl, :, None] * nc.rh[sl, None, :])
+                msum = msum.to(torch.float32).unsqueeze(1)  # (B, 1, A_r, A_c), exact integers
+                ok = msum > 0
+                ratio = torch.where(ok, global_net.convs[st.index].window_size / msum.clamp_min(1e-8), 0.0)
+                valid = None if bool(ok.all()) else ok.float()
+            if li == 0:
+                idx = idx.clamp_max(n_cache)  # hole pixels read an all-zero row: the masked input X*M
+            levels.append(_Level(kind=st.kind, index=st.index, kernel=k, stride=s, idx=idx, shape=(b, lr, lc),
+                                 out_hw=(nr.A, nc.A), ratio=ratio, valid=valid))
+        fr, fc = rp[-1], cp[-1]
+        zero = torch.zeros(b, dtype=torch.long)
+        fin_idx = _region_index(zero, zero, fr.n, fc.n, fc.n, fr.n * fc.n, fr.win[sl], fc.win[sl], fr.A, fc.A)
+        rows, cols = torch.arange(fr.n), torch.arange(fc.n)
+        in_r = (rows >= fr.h0[sl, None]) & (rows <= fr.h1[sl, None])
+        in_c = (cols >= fc.h0[sl, None]) & (cols <= fc.h1[sl, None])
+        fin_mask = (~(in_r[:, :, None] & in_c[:, None, :])).float().unsqueeze(1)
         batches.append((levels, fin_idx, fin_mask))
     _PLAN_CACHE[key] = batches
     while len(_PLAN_CACHE) > 2:
@@ -551,33 +570,44 @@ def global_features_incremental(
     ones = torch.ones(1, 1, h, w, dtype=dt, device=dev)
     trace = global_net.trace(image, ones)
     feats = [global_net.normalize(image)] + [t[1] for t in trace[1:]]
-    caches = []
-    for st, f in zip(steps, feats):
+    bmax = max(levels[0].shape[0] for levels, _, _ in plan)
+    bufs = []  # per step: the padded unmasked input (channels-last rows), then room for a batch of crops
+    for li, (st, f) in enumerate(zip(steps, feats)):
         q = st.padding
         fill = float("-inf") if st.kind == "pool" else 0.0
-        caches.append(_flat_cl(torch.nn.functional.pad(f, (q, q, q, q), value=fill)).contiguous())
-    final_cache = _flat_cl(feats[-1]).contiguous()
-    zero0 = torch.zeros(1, feats[0].shape[1], dtype=dt, device=dev)
+        cache = _flat_cl(torch.nn.functional.pad(f, (q, q, q, q), value=fill))
+        prev = 1 if li == 0 else bmax * math.prod(plan[0][0][li - 1].out_hw)
+        buf = torch.zeros(cache.shape[0] + prev, cache.shape[1], dtype=dt, device=dev)
+        buf[: cache.shape[0]] = cache
+        bufs.append((buf, cache.shape[0]))
     fh, fw = feats[-1].shape[-2:]
+    fcache = _flat_cl(feats[-1])
+    fbuf = torch.empty(fcache.shape[0] + bmax * math.prod(plan[0][0][-1].out_hw), fcache.shape[1], dtype=dt, device=dev)
+    fbuf[: fcache.shape[0]] = fcache
     out = []
     for levels, fin_idx, fin_mask in plan:
         crop = None
         for li, lv in enumerate(levels):
-            src = torch.cat([caches[li], zero0 if crop is None else crop])
+            buf, n_cache = bufs[li]
+            if crop is not None:
+                buf[n_cache : n_cache + crop.shape[0]] = crop
             b, lr, lc = lv.shape
-            reg = _gather_cl(src, lv.idx.to(dev), b, lr, lc)
+            reg = _gather_cl(buf, lv.idx.to(dev), b, lr, lc)
             if lv.kind == "pconv":
                 conv = global_net.convs[lv.index]
                 y = torch.nn.functional.conv2d(reg, conv.weight, None, lv.stride, 0)
                 y.mul_(lv.ratio.to(dev, dt))
                 if conv.bias is not None:
                     y.add_(conv.bias.view(1, -1, 1, 1))
-                y.clamp_min_(0).mul_(lv.valid.to(dev, dt))
+                y.clamp_min_(0)
+                if lv.valid is not None:
+                    y.mul_(lv.valid.to(dev, dt))
             else:
                 y = torch.nn.functional.max_pool2d(reg, lv.kernel, lv.stride)
             crop = _flat_cl(y)
         b = fin_mask.shape[0]
-        full = _gather_cl(torch.cat([final_cache, crop]), fin_idx.to(dev), b, fh, fw)
+        fbuf[fcache.shape[0] : fcache.shape[0] + crop.shape[0]] = crop
+        full = _gather_cl(fbuf, fin_idx.to(dev), b, fh, fw)
         out.append(global_net.pool_head(full, fin_mask.to(dev, dt)))
     return torch.cat(out)
 
