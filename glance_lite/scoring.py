@@ -319,42 +319,66 @@ def _residue_groups(pos: Tensor, j: int) -> list[tuple[int, int, Tensor]]:
     return groups
 
 
-def local_features_at(local_net: nn.Module, images: Tensor, tops: Tensor, lefts: Tensor) -> Tensor:
+def _local_macs(local_net: nn.Module, h: int, w: int) -> int:
+    """Multiply-accumulates of the (non-dense) Local-Net slid over an h x w input."""
+    macs, i = 0, 0
+    for kind, k, _ in local_net.layers:
+        if kind == "conv":
+            conv = local_net.convs[i]
+            h, w = h - k + 1, w - k + 1
+            macs += max(h, 0) * max(w, 0) * conv.weight[0].numel() * conv.weight.shape[0]
+            i += 1
+        else:
+            h, w = h // k, w // k
+    return macs
+
+
+def local_features_at(local_net: nn.Module, images: Tensor, tops: Tensor, lefts: Tensor, batch_size: int = 256) -> Tensor:
     """Z_l of the patches with top-left corners ``tops x lefts``: ``(B, dim, len(tops), len(lefts))``.
 
-    Exactly (up to float rounding) ``local_net(images[..., t:t+p, l:l+p])`` for every pair.  Uses the
-    fully-convolutional network on crops aligned to each residue class of the positions mod the
-    network's pooling stride (cheap when the grid stride is a multiple of it), else
-    ``local_net.dense``.
+    Exactly (up to float rounding) ``local_net(images[..., t:t+p, l:l+p])`` for every pair, computed
+    the cheaper of two ways (counted in multiply-accumulates):
+
+    * the ordinary network slid over crops of the image, one crop per residue class of the
+      positions modulo the network's total pooling stride J (its outputs are the patches at
+      ``crop start + J k``; cheap when the grid stride is a multiple of J);
+    * the patches cropped and run as one batch (cheap for sparse grids).
+
+    Falls back to :meth:`LocalNet.dense` for a network without a layer table.
     """
     p = int(local_net.patch_size)
     tops = torch.as_tensor(tops, dtype=torch.long).cpu()
     lefts = torch.as_tensor(lefts, dtype=torch.long).cpu()
-    h, w = images.shape[-2:]
+    nb, _, h, w = images.shape
     j = _local_stride(local_net)
-    if j is not None:
-        rg, cg = _residue_groups(tops, j), _residue_groups(lefts, j)
-        area = sum((r1 - r0 + p) * (c1 - c0 + p) for r0, r1, _ in rg for c0, c1, _ in cg)
-        if area <= 2 * h * w:
-            out = None
-            ok = True
-            for r0, r1, ri in rg:
-                for c0, c1, ci in cg:
-                    y = local_net._run(images[:, :, r0 : r1 + p, c0 : c1 + p], dense=False)
-                    yi = (tops[ri] - r0) // j
-                    xi = (lefts[ci] - c0) // j
-                    if int(yi.max()) >= y.shape[2] or int(xi.max()) >= y.shape[3]:
-                        ok = False
-                        break
-                    if out is None:
-                        out = y.new_empty(y.shape[0], y.shape[1], len(tops), len(lefts))
-                    out[:, :, ri[:, None], ci[None, :]] = y[:, :, yi[:, None], xi[None, :]]
-                if not ok:
-                    break
-            if ok and out is not None:
-                return out
-    z = local_net.dense(images)
-    return z[:, :, tops.to(z.device)][:, :, :, lefts.to(z.device)]
+    if j is None:
+        z = local_net.dense(images)
+        return z[:, :, tops.to(z.device)][:, :, :, lefts.to(z.device)]
+    rg, cg = _residue_groups(tops, j), _residue_groups(lefts, j)
+    slide = sum(_local_macs(local_net, r1 - r0 + p, c1 - c0 + p) for r0, r1, _ in rg for c0, c1, _ in cg)
+    crops = len(tops) * len(lefts) * _local_macs(local_net, p, p)
+    if crops <= slide:
+        ty, lx = _pairs(tops, lefts)
+        ar = torch.arange(p)
+        rows = (ty[:, None] + ar)[:, :, None].to(images.device)
+        cols = (lx[:, None] + ar)[:, None, :].to(images.device)
+        out = []
+        for a in range(0, len(ty), batch_size):
+            pt = images[:, :, rows[a : a + batch_size], cols[a : a + batch_size]]  # (B, 3, n, p, p)
+            pt = pt.permute(0, 2, 1, 3, 4).reshape(-1, 3, p, p)
+            out.append(local_net(pt).reshape(nb, -1, local_net.dim))
+        return torch.cat(out, dim=1).reshape(nb, len(tops), len(lefts), -1).permute(0, 3, 1, 2)
+    out = None
+    for r0, r1, ri in rg:
+        for c0, c1, ci in cg:
+            y = local_net._run(images[:, :, r0 : r1 + p, c0 : c1 + p], dense=False)
+            yi = (tops[ri] - r0) // j
+            xi = (lefts[ci] - c0) // j
+            if out is None:
+                out = y.new_empty(nb, y.shape[1], len(tops), len(lefts))
+            out[:, :, ri[:, None], ci[None, :]] = y[:, :, yi[:, None], xi[None, :]]
+    assert out is not None
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -596,10 +620,11 @@ def global_features_incremental(
             if lv.kind == "pconv":
                 conv = global_net.convs[lv.index]
                 y = torch.nn.functional.conv2d(reg, conv.weight, None, lv.stride, 0)
-                y.mul_(lv.ratio.to(dev, dt))
-                if conv.bias is not None:
-                    y.add_(conv.bias.view(1, -1, 1, 1))
-                y.clamp_min_(0)
+                if conv.bias is not None:  # Eq. 5: W^T(X*M) * sum(1)/sum(M) + b, in one pass
+                    torch.addcmul(conv.bias.view(1, -1, 1, 1), y, lv.ratio.to(dev, dt), out=y)
+                else:
+                    y.mul_(lv.ratio.to(dev, dt))
+                y.clamp_min_(0)  # ReLU
                 if lv.valid is not None:
                     y.mul_(lv.valid.to(dev, dt))
             else:
