@@ -167,23 +167,35 @@ def _check_idw_args(power: float, neighbours: int | None) -> None:
         raise ScoringError(f"idw: neighbours must be >= 0 (0 or None = all), got {neighbours!r}")
 
 
+_TIE_SLACK = 8
+"""Extra candidates kept beyond the k nearest so that centres tied with the k-th are included."""
+
+
 def _weights_chunk(py: Tensor, px: Tensor, cy: Tensor, cx: Tensor, power: float, k: int) -> tuple[Tensor | None, Tensor]:
-    """IDW (index, weight) for a chunk of pixels; index is None when all K centres are used."""
+    """IDW (index, weight) for a chunk of pixels; index is None when all K centres are used.
+
+    The neighbourhood is the k nearest centres plus every centre at the same distance as the k-th
+    (up to ``_TIE_SLACK`` more), so that the map does not depend on how ties are broken: on a
+    regular grid many pixels are equidistant from several centres.
+    """
     d2 = (py[:, None] - cy[None, :]).pow(2) + (px[:, None] - cx[None, :]).pow(2)  # (n, K) float64
     K = d2.shape[1]
     idx: Tensor | None = None
+    keep = None
     if k < K:
-        d2, idx = torch.topk(d2, k, dim=1, largest=False, sorted=True)
-    with torch.no_grad():
-        zero = d2 == 0
-        w = d2.clamp_min(1e-300).pow(-power / 2.0)
-        hit = zero.any(dim=1)
-        if bool(hit.any()):
-            # a pixel on a centre takes exactly that centre's score (the first one if centres repeat)
-            first = torch.zeros_like(zero)
-            first[torch.arange(len(zero)), zero.float().argmax(dim=1)] = True
-            w = torch.where(hit[:, None], first.double(), w)
-        w = w / w.sum(dim=1, keepdim=True)
+        d2, idx = torch.topk(d2, min(K, k + _TIE_SLACK), dim=1, largest=False, sorted=True)
+        keep = d2 <= d2[:, k - 1 : k]
+    zero = d2 == 0
+    w = d2.clamp_min(1e-300).pow(-power / 2.0)
+    if keep is not None:
+        w = torch.where(keep, w, torch.zeros((), dtype=w.dtype))
+    hit = zero.any(dim=1)
+    if bool(hit.any()):
+        # a pixel on a centre takes exactly that centre's score (the first one if centres repeat)
+        first = torch.zeros_like(zero)
+        first[torch.arange(len(zero)), zero.to(torch.uint8).argmax(dim=1)] = True
+        w = torch.where(hit[:, None], first.double(), w)
+    w = w / w.sum(dim=1, keepdim=True)
     return idx, w.float()
 
 
@@ -196,7 +208,10 @@ def idw_weights(
     neighbours: int | None = 9,
     grid: bool = True,
 ) -> tuple[Tensor | None, Tensor]:
-    """Neighbour indices ``(H*W, k)`` (None when all K centres are used) and weights ``(H*W, k)``.
+    """Neighbour indices ``(H*W, k')`` (None when all K centres are used) and weights ``(H*W, k')``.
+
+    ``k' = min(K, k + 8)``: the k nearest centres and any tied with the k-th get a weight, the other
+    candidates weight 0.
 
     With ``grid=True`` the centres are the outer product of ``centres_y`` (gh,) and ``centres_x``
     (gw,), numbered row-major (``i * gw + j``); otherwise they are K scattered points.  Weights are
@@ -246,7 +261,8 @@ def idw_interpolate(
         centres_y, centres_x: centre coordinates in pixels (row, column; pixel (0, 0) is at 0, 0).
         height, width: size of the map.
         power: ``w = 1 / d^power`` (0: plain average of the neighbours).
-        neighbours: use the k nearest centres per pixel; None or 0 = all centres.
+        neighbours: use the k nearest centres per pixel (and any centre tied with the k-th, so
+            that the result does not depend on tie-breaking); None or 0 = all centres.
 
     A pixel exactly at a centre takes that centre's score; every value is a convex combination of
     the scores.  Linear in ``scores``.
