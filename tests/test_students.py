@@ -1,0 +1,228 @@
+"""The TS baseline (Uninformed Students): scores, training, exact resume and an end-to-end run (smoke)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from glance_lite.fileio import GlanceError, load_torch
+from glance_lite.local_net import LocalNet
+from glance_lite.model import GlanceModel
+from glance_lite.presets import get_preset
+from glance_lite.students import (
+    StudentEnsemble,
+    fit_students,
+    make_pool,
+    new_student,
+    predictive_variance,
+    regression_error,
+    run_ts_baseline,
+    split_train_val,
+    student_maps,
+    student_patch_scores,
+    train_student,
+)
+
+# small images keep every forward pass cheap; p = 17 as in the smoke preset
+PRESET = get_preset("smoke").replace(image_size=32, score_stride=4, finetune_patches=48, checkpoint_every=2)
+
+
+def _images(n: int = 4, s: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 5, 5, generator=g)
+    return torch.nn.functional.interpolate(low, size=(s, s), mode="bilinear", align_corners=False)
+
+
+def _teacher(seed: int = 1) -> LocalNet:
+    return new_student(PRESET.patch_size, PRESET.descriptor_dim, seed).eval()
+
+
+def test_scores_match_their_definitions():
+    g = torch.Generator().manual_seed(0)
+    preds = torch.randn(3, 5, 7, generator=g)
+    target = torch.randn(5, 7, generator=g)
+    torch.testing.assert_close(regression_error(preds, target), ((preds.mean(0) - target) ** 2).sum(-1))
+    torch.testing.assert_close(predictive_variance(preds), preds.var(0, unbiased=False).mean(-1))
+    with pytest.raises(ValueError):
+        regression_error(preds, target[:, :3])
+
+
+def test_variance_is_zero_for_identical_students():
+    teacher, s = _teacher(1), new_student(PRESET.patch_size, PRESET.descriptor_dim, 2)
+    ens = StudentEnsemble.from_students([s, s, s], PRESET)
+    tops = lefts = torch.tensor([0, 5, 15])
+    e, v = ens.raw_scores_at(teacher, _images(2), tops, lefts)
+    assert torch.all(v == 0)
+    assert torch.all(e > 0)  # a random student does not replicate the teacher
+    ens2 = StudentEnsemble.from_students([s, new_student(PRESET.patch_size, PRESET.descriptor_dim, 3)], PRESET)
+    assert torch.all(ens2.raw_scores_at(teacher, _images(2), tops, lefts)[1] > 0)
+
+
+def test_student_learns_a_constant_teacher(tmp_path):
+    """A teacher whose descriptor is the same for every patch is learnt to a small error."""
+    teacher = _teacher(1)
+    with torch.no_grad():
+        last = teacher.convs[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.linspace(-2, 2, PRESET.descriptor_dim))
+    pool = make_pool(teacher, _images(4), 48, seed=0)
+    assert torch.allclose(pool["targets"], pool["targets"][:1].expand_as(pool["targets"]))
+    targets = pool["targets"]  # raw (not standardised): a constant of unit scale
+    p = PRESET.replace(batch_size=8)
+    student = new_student(p.patch_size, p.descriptor_dim, 5)
+    test = _images(2, seed=9)[:, :, :17, :17]
+    before = float(((student(test) - targets[:2]) ** 2).mean())
+    hist = train_student(student, 0, pool["patches"], targets, p, steps=40, lr=5e-3,
+                         ckpt=tmp_path / "s.pt", progress=False)
+    with torch.no_grad():
+        after = float(((student(test) - targets[:2]) ** 2).mean())
+    assert hist.final(window=5) < 0.05 * hist.records[0]["loss"]
+    assert after < 0.05 * before
+
+
+def test_train_student_resumes_exactly(tmp_path):
+    teacher = _teacher(1)
+    pool = make_pool(teacher, _images(3), 24, seed=0)
+    ens = StudentEnsemble(1, PRESET.patch_size, PRESET.descriptor_dim)
+    ens.set_teacher_stats(pool["targets"])
+    targets = ens.standardise(pool["targets"])
+
+    def run(ckpt: Path, stop_after=None) -> LocalNet:
+        s = new_student(PRESET.patch_size, PRESET.descriptor_dim, 7)
+        train_student(s, 0, pool["patches"], targets, PRESET, 6, 1e-3, ckpt, stop_after=stop_after, progress=False)
+        return s
+
+    whole = run(tmp_path / "a.pt")
+    part = run(tmp_path / "b.pt", stop_after=3)
+    assert int(load_torch(tmp_path / "b.pt")["step"]) == 3
+    assert not all(torch.equal(x, y) for x, y in zip(whole.parameters(), part.parameters()))
+    resumed = run(tmp_path / "b.pt")
+    for x, y in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(x, y)
+
+
+def test_replicating_the_teacher_scores_lower_than_a_perturbed_ensemble():
+    teacher = _teacher(1)
+    exact = StudentEnsemble.from_students([teacher, teacher], PRESET)
+    noisy = []
+    for k in range(2):
+        s = new_student(PRESET.patch_size, PRESET.descriptor_dim, 0)
+        s.load_state_dict(teacher.state_dict())
+        with torch.no_grad():
+            for prm in s.parameters():
+                prm.add_(0.05 * torch.randn(prm.shape, generator=torch.Generator().manual_seed(k)))
+        noisy.append(s)
+    perturbed = StudentEnsemble.from_students(noisy, PRESET)
+    x = _images(2)
+    for ens in (exact, perturbed):  # the same normalisation for both
+        ens.set_score_stats(torch.tensor([0.0, 2.0]), torch.tensor([0.0, 2.0]))
+    m_exact = student_maps(exact, teacher, x)
+    m_pert = student_maps(perturbed, teacher, x)
+    assert m_exact.shape == (2, 32, 32)
+    floor = -2 * 1.0 / 2.0**0.5  # e = v = 0: -(mean_e / std_e) - (mean_v / std_v), mean 1, std sqrt(2)
+    torch.testing.assert_close(m_exact, torch.full_like(m_exact, floor))
+    assert torch.all(m_pert > m_exact + 1e-3)
+    sc = student_patch_scores(perturbed, teacher, x, stride=8)
+    assert sc["score"].shape == (2, len(sc["tops"]), len(sc["lefts"]))
+
+
+def test_split_train_val():
+    tr, va = split_train_val(20, 0.1, seed=3)
+    assert len(va) == 2 and len(tr) == 18 and not set(tr.tolist()) & set(va.tolist())
+    tr, va = split_train_val(1, 0.1)
+    assert tr.tolist() == va.tolist() == [0]  # too few images: in-sample statistics
+    tr, va = split_train_val(5, 0.0)
+    assert torch.equal(tr, va)
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end on a tiny dataset and a (randomly initialised) run folder
+# ---------------------------------------------------------------------------------------------
+
+
+def _tiny_dataset(root: Path, n_train: int = 5, size: int = 32) -> Path:
+    rng = np.random.default_rng(0)
+    cat = root / "widget"
+    for d in ("train/good", "test/good", "test/dent", "ground_truth/dent"):
+        (cat / d).mkdir(parents=True)
+    base = (np.indices((size, size)).sum(0) % 8 < 4).astype(np.uint8) * 120 + 60
+
+    def img() -> np.ndarray:
+        return np.clip(base[..., None] + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
+
+    for i in range(n_train):
+        Image.fromarray(img()).save(cat / "train" / "good" / f"{i:03d}.png")
+    for i in range(2):
+        Image.fromarray(img()).save(cat / "test" / "good" / f"{i:03d}.png")
+        a = img()
+        a[8:18, 10:20] = 250
+        m = np.zeros((size, size), np.uint8)
+        m[8:18, 10:20] = 255
+        Image.fromarray(a).save(cat / "test" / "dent" / f"{i:03d}.png")
+        Image.fromarray(m).save(cat / "ground_truth" / "dent" / f"{i:03d}_mask.png")
+    return root
+
+
+def _fake_run(run: Path, category: str = "widget") -> Path:
+    """A run folder as training.fit writes it, with untrained networks (the teacher is random)."""
+    torch.manual_seed(0)
+    GlanceModel(PRESET, teacher="test").save(run)
+    (run / "config.json").write_text(json.dumps({"category": category, "preset": PRESET.to_dict()}))
+    return run
+
+
+def test_end_to_end_resume_and_reuse(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
+    root = _tiny_dataset(tmp_path / "ds")
+    a = _fake_run(tmp_path / "a")
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    kw = dict(n_students=2, steps=3, progress=False)
+
+    # uninterrupted
+    pa = fit_students(a, root, "widget", **kw)
+    # stopped after 4 steps (student 0 finished, student 1 at step 1), then resumed
+    pb = fit_students(b, root, "widget", stop_after=4, **kw)
+    assert not pb.is_file() and (b / "checkpoints" / "students_1.pt").is_file()
+    assert int(load_torch(b / "checkpoints" / "students_1.pt")["step"]) == 1
+    pb = fit_students(b, root, "widget", **kw)
+    ea, eb = StudentEnsemble.load(pa), StudentEnsemble.load(pb)
+    assert ea.n_students == 2 and ea.info["n_val_images"] == 1 and not ea.info["val_in_sample"]
+    for (ka, va), (kb, vb) in zip(ea.state_dict().items(), eb.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+    assert float(ea.e_std) > 0 and float(ea.v_std) > 0
+
+    # reuse: a finished students.pt is not trained again; other settings are refused
+    mtime = pa.stat().st_mtime_ns
+    assert fit_students(a, root, "widget", **kw) == pa and pa.stat().st_mtime_ns == mtime
+    with pytest.raises(GlanceError, match="other settings"):
+        fit_students(a, root, "widget", n_students=3, steps=3, progress=False)
+
+    m = run_ts_baseline(a, root, "widget", progress=False)
+    on_disk = json.loads((a / "metrics_ts.json").read_text())
+    assert on_disk["AU-PRO"] == m["AU-PRO"]
+    for k in ("image_AUROC", "pixel_AUROC", "AU-PRO"):
+        assert 0.0 <= m[k] <= 1.0
+    assert m["preset"] == "smoke" and m["n_students"] == 2 and m["n_test"] == 4 and m["seconds_per_image"] > 0
+    z = np.load(a / "ts_maps.npz")
+    assert z["maps"].shape == (4, 32, 32) and np.isfinite(z["maps"]).all()
+
+
+def test_errors_name_the_run(tmp_path):
+    root = _tiny_dataset(tmp_path / "ds")
+    run = _fake_run(tmp_path / "run")
+    with pytest.raises(GlanceError, match="students.pt"):
+        StudentEnsemble.from_run(run)
+    with pytest.raises(GlanceError, match="gadget"):
+        fit_students(run, root, "gadget", steps=1, progress=False)
+    with pytest.raises(GlanceError, match="nope"):
+        fit_students(tmp_path / "nope", root, "widget", steps=1, progress=False)
+    (run / "students.pt").write_bytes(b"garbage")
+    with pytest.raises(GlanceError, match="students.pt"):
+        StudentEnsemble.from_run(run)
