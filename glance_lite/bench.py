@@ -10,7 +10,7 @@ pixels, so neither does the speed -- and measures, per image:
   incremental Global-Net, IDW), steady state: one warm-up image first builds the geometry caches
   (its one-off cost is reported separately as ``setup``);
 * **loop**: :func:`glance_lite.scoring.anomaly_maps_loop` (one Local-Net forward per cropped patch,
-  one Global-Net forward per masked image, in a Python loop).  With ``--loop-patches K`` (used for
+  one Global-Net forward per masked image, in a Python loop), after two warm-up patches.  With ``--loop-patches K`` (used for
   the paper preset by default) only the first K patches of each image are scored and the time is
   extrapolated to the whole grid (the output says so);
 * wall-clock and process CPU seconds per image, and their ratios (loop / fast);
@@ -19,8 +19,11 @@ pixels, so neither does the speed -- and measures, per image:
 * whether the outputs agree: the largest absolute difference of the maps (smoke, cpu) or of the
   patch scores that the loop computed (extrapolated runs).
 
-Each (preset, method) runs in its own subprocess.  The machine is shared, so wall times are noisy;
-CPU seconds are steadier.  This is a benchmark, not a test.
+Each (preset, method) runs in its own subprocess, with one torch thread unless ``--threads`` says
+otherwise: many small batch-1 operations (the loop) suffer far more than a few large ones when
+threads wait for each other on a busy machine, so a single thread gives the fairer and steadier
+comparison.  Wall times on a shared machine are noisy; CPU seconds are steadier.  This is a
+benchmark, not a test.
 
 Defined in :doc:`/notebooks/04_score_maps`.
 """
@@ -51,9 +54,13 @@ def _maxrss_mb() -> float | None:
     return r / 1024.0 if sys.platform != "darwin" else r / 2**20  # Linux: KiB, macOS: bytes
 
 
-def _worker(preset_name: str, method: str, n_images: int, loop_patches: int | None, out: str, seed: int) -> None:
+def _worker(preset_name: str, method: str, n_images: int, loop_patches: int | None, out: str, seed: int,
+            threads: int = 1) -> None:
     """One measurement in this (fresh) process; results saved with torch.save to ``out``."""
     import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
 
     from .fileio import save_torch
     from .model import GlanceModel
@@ -88,6 +95,7 @@ def _worker(preset_name: str, method: str, n_images: int, loop_patches: int | No
     else:
         tops, lefts = scoring.patch_grid(s, s, preset.patch_size, preset.score_stride)
         n_patches = len(tops) * len(lefts)
+        scoring.score_patches_loop(model, images[:1], max_patches=2)  # warm-up: first calls set up kernels
         t0, c0 = time.perf_counter(), time.process_time()
         sc = scoring.score_patches_loop(model, images[1:], max_patches=loop_patches)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -113,13 +121,14 @@ def _worker(preset_name: str, method: str, n_images: int, loop_patches: int | No
     save_torch(out, res)
 
 
-def _run_worker(preset: str, method: str, n_images: int, loop_patches: int | None, seed: int) -> dict[str, Any]:
+def _run_worker(preset: str, method: str, n_images: int, loop_patches: int | None, seed: int,
+                threads: int) -> dict[str, Any]:
     from .fileio import GlanceError, load_torch
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "res.pt")
         cmd = [sys.executable, "-m", "glance_lite.bench", "--_worker", preset, method, str(n_images),
-               str(loop_patches or 0), out, str(seed)]
+               str(loop_patches or 0), out, str(seed), str(threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise GlanceError(f"benchmark worker {preset}/{method} failed:\n{proc.stderr[-4000:]}")
@@ -127,8 +136,9 @@ def _run_worker(preset: str, method: str, n_images: int, loop_patches: int | Non
 
 
 def run_benchmark(presets: list[str], n_images: int = 1, loop_patches: int | None = -1, seed: int = 0,
-                  verbose: bool = True) -> list[dict[str, Any]]:
-    """Measure every preset; ``loop_patches=-1`` uses the defaults (all patches, 48 for paper)."""
+                  threads: int = 1, verbose: bool = True) -> list[dict[str, Any]]:
+    """Measure every preset; ``loop_patches=-1`` uses the defaults (all patches, 48 for paper);
+    ``threads``: torch threads in the workers (0 = torch's default)."""
     from .presets import get_preset
     from .scoring import patch_grid
 
@@ -138,10 +148,10 @@ def run_benchmark(presets: list[str], n_images: int = 1, loop_patches: int | Non
         lp = _DEFAULT_LOOP_PATCHES.get(name) if loop_patches == -1 else loop_patches
         if verbose:
             print(f"[bench] {name}: fast ...", file=sys.stderr, flush=True)
-        fast = _run_worker(name, "fast", n_images, None, seed)
+        fast = _run_worker(name, "fast", n_images, None, seed, threads)
         if verbose:
             print(f"[bench] {name}: loop ...", file=sys.stderr, flush=True)
-        loop = _run_worker(name, "loop", n_images, lp, seed)
+        loop = _run_worker(name, "loop", n_images, lp, seed, threads)
         tops, lefts = patch_grid(p.image_size, p.image_size, p.patch_size, p.score_stride)
         done = ~loop["s_iad"].isnan()
         s_f = p.lambda_s * fast["s_iad"] + (1 - p.lambda_s) * fast["s_dad"]
@@ -209,8 +219,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--_worker":
-        _, preset, method, n, lp, out, seed = argv
-        _worker(preset, method, int(n), int(lp) or None, out, int(seed))
+        _, preset, method, n, lp, out, seed, threads = argv
+        _worker(preset, method, int(n), int(lp) or None, out, int(seed), int(threads))
         return 0
     ap = argparse.ArgumentParser(prog="python -m glance_lite.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--presets", default="smoke,cpu,paper", help="comma-separated presets (default: smoke,cpu,paper)")
@@ -219,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="score only this many patches per image in the loop and extrapolate "
                          "(default: all for smoke/cpu, 48 for paper; 0 = all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per measurement (default 1: a per-core comparison, and far steadier "
+                         "timings on a shared machine; 0 = torch's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     a = ap.parse_args(argv)
     from .presets import describe, get_preset, hardware_info
@@ -230,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--images must be >= 1")
     lp = a.loop_patches if a.loop_patches != 0 else None
     print(describe(get_preset(names[0])))
-    rows = run_benchmark(names, a.images, lp, a.seed)
+    rows = run_benchmark(names, a.images, lp, a.seed, a.threads)
     print(format_table(rows))
     if a.json:
         from .fileio import atomic_write_json

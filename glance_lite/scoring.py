@@ -16,36 +16,46 @@ distance weighted (IDW) interpolation.
 border and every pixel is covered.  Adjacent patches overlap when the stride ``s < p``.
 
 **IDW** (:func:`idw_interpolate`).  The value at pixel x is ``sum_j w_j s_j / sum_j w_j`` with
-``w_j = 1 / d(x, c_j)^power`` over the ``k`` patch centres c_j nearest to x; a pixel that *is* a
-centre takes that centre's score.  Defaults (``preset.idw_power = 2``, ``preset.idw_neighbours = 9``):
-power 2 is Shepard's classic choice (smooth, and the weights fall off fast enough that a centre
-dominates its own neighbourhood); 9 neighbours are the 3 x 3 block of grid centres around a pixel, the
-centres of the patches that cover it or touch its grid cell.  A small k keeps the map *local*: with
-all centres (Shepard's global form) every pixel also averages in hundreds of far patches, which
-flattens the contrast of small defects.  The neighbour indices and weights depend only on the
-geometry, so they are computed once per (image size, grid, power, k) and cached; a map is then one
-gather and one weighted sum.  IDW is linear in the scores, so any lambda_s-combination of the two head
-maps (:func:`head_maps`) *is* the map of the combined score -- the lambda_s ablation (Table 4) mixes
-the two maps instead of re-scoring.
+``w_j = 1 / d(x, c_j)^power`` over the ``k`` patch centres c_j nearest to x (Shepard, 1968); a pixel
+that *is* a centre takes that centre's score.  On a regular grid many pixels are equidistant from
+several centres, so every centre tied with the k-th nearest is included too: the map then does not
+depend on how ties are broken (a symmetric score pattern gives a symmetric map).  Defaults
+(``preset.idw_power = 2``, ``preset.idw_neighbours = 9``): power 2 is Shepard's classic choice (smooth,
+and the weights fall off fast enough that a centre dominates its own neighbourhood); 9 neighbours are
+the 3 x 3 block of grid centres around a pixel, the centres of the patches that cover it or touch its
+grid cell.  A small k keeps the map *local*: with all centres (Shepard's global form) every pixel also
+averages in hundreds of far patches, which flattens the contrast of small defects.  The neighbour
+indices and weights depend only on the geometry, so they are computed once per (image size, grid,
+power, k) and cached (on a grid only the nearby rows and columns of centres are examined, with a
+bound that keeps the result exact); a map is then one gather and one weighted sum.  IDW is linear in the scores, so
+any lambda_s-combination of the two head maps (:func:`head_maps`) *is* the map of the combined score
+-- the lambda_s ablation (Table 4) mixes the two maps instead of re-scoring.
 
 **Speed.**  The plain reference (:func:`anomaly_maps_loop`) runs the Local-Net once per cropped patch
 and the Global-Net once per masked image, in a Python loop.  The fast path (:func:`score_patches`)
 computes the same numbers with
 
-* the Local-Net evaluated fully-convolutionally over the whole image (:func:`local_features_at`):
-  when the grid stride is a multiple of the network's total pooling stride J, the ordinary network
-  slid over the image yields exactly the features at positions ``0, J, 2J, ...``; other positions (the
-  border row/column, other residues mod J) come from crops starting at their residue.  Otherwise it
-  falls back to :meth:`glance_lite.local_net.LocalNet.dense`;
+* the Local-Net (:func:`local_features_at`) slid fully-convolutionally over the image: the ordinary
+  network (2x2/2 pools) applied to a crop yields exactly the features of the patches at
+  ``crop start + J k`` (J = total pooling stride, 4 for p = 33), so one crop per residue class of the
+  grid positions mod J gives every patch -- one pass for a stride that is a multiple of J, plus thin
+  strips for the border row/column.  When cropping the patches and running them as one batch costs
+  fewer multiply-accumulates (sparse grids), that is done instead;
 * an exact incremental Global-Net (:func:`global_features_incremental`): the unmasked image is run
-  once, keeping every layer's features and masks.  A hole only changes, at each layer, the outputs
-  whose window reaches a changed input, an interval that grows with the receptive field.  For each
-  hole we recompute only that window at each layer, reading its inputs from the cached unmasked
-  maps with the previous layer's recomputed window pasted in (explicit zero padding for the partial
-  convolutions, -inf for the max-pool, zero mask -- the same semantics as the network's own padding),
-  and finally paste the last window into the cached final map before the masked global pool.  Many
-  holes are processed as one batch of equally sized windows.  The result equals the plain per-copy
-  forward up to float rounding (tested within 1e-5).
+  once, keeping every layer's features.  A hole only changes, at each layer, the outputs whose window
+  reaches a changed input, an interval per axis that grows with the receptive field.  For each hole
+  only that window is recomputed at each layer, reading its inputs from the cached unmasked maps
+  with the previous layer's recomputed window pasted in (one gather per layer; explicit zero padding
+  for the partial convolutions, -inf for the max-pool), and the last window is pasted into the
+  cached final map before the masked global pool.  The masks, the partial-convolution rescaling
+  ``sum(1)/sum(M)`` and the validity ``sum(M) > 0`` depend only on the hole's position, never on the
+  image: they are computed once per geometry, in closed form (a rectangular hole stays a rectangle
+  at every layer, so ``sum(M)`` is a product of per-axis counts), and cached.  Many holes are
+  processed as one batch of equally sized windows, in channels-last layout.  The arithmetic is that
+  of :class:`glance_lite.partial_conv.PartialConv2d` (masked input, rescaling, bias after rescaling,
+  exact 0 where no input is valid) followed by ReLU, and of the mask max-pool; the result equals the
+  plain per-copy forward up to float rounding (tested within 1e-5).  The per-copy batched forward
+  remains available (``method="batched"``).
 
 **Scale.**  ``s_IAD`` is a squared feature distance, ``s_DAD`` a probability in [0, 1]; the paper adds
 them as they are (Eq. 13), and so do we by default.  Optionally (``normalise=stats``) each head's
@@ -171,19 +181,21 @@ _TIE_SLACK = 8
 """Extra candidates kept beyond the k nearest so that centres tied with the k-th are included."""
 
 
-def _weights_chunk(py: Tensor, px: Tensor, cy: Tensor, cx: Tensor, power: float, k: int) -> tuple[Tensor | None, Tensor]:
-    """IDW (index, weight) for a chunk of pixels; index is None when all K centres are used.
+def _weights_from_d2(d2: Tensor, cand: Tensor | None, power: float, k: int) -> tuple[Tensor | None, Tensor]:
+    """IDW (index, weight) from squared distances ``d2`` (n, M) to M candidate centres.
 
-    The neighbourhood is the k nearest centres plus every centre at the same distance as the k-th
-    (up to ``_TIE_SLACK`` more), so that the map does not depend on how ties are broken: on a
-    regular grid many pixels are equidistant from several centres.
+    ``cand`` (n, M) holds the candidates' centre indices, or is None when the candidates are all the
+    centres in order.  The neighbourhood is the k nearest candidates plus every candidate at the same
+    distance as the k-th (up to ``_TIE_SLACK`` more), so that the map does not depend on how ties
+    are broken: on a regular grid many pixels are equidistant from several centres.  Returns index
+    None when every candidate is kept and ``cand`` is None.
     """
-    d2 = (py[:, None] - cy[None, :]).pow(2) + (px[:, None] - cx[None, :]).pow(2)  # (n, K) float64
-    K = d2.shape[1]
-    idx: Tensor | None = None
+    m = d2.shape[1]
+    idx = cand
     keep = None
-    if k < K:
-        d2, idx = torch.topk(d2, min(K, k + _TIE_SLACK), dim=1, largest=False, sorted=True)
+    if k < m:
+        d2, sel = torch.topk(d2, min(m, k + _TIE_SLACK), dim=1, largest=False, sorted=True)
+        idx = sel if cand is None else cand.gather(1, sel)
         keep = d2 <= d2[:, k - 1 : k]
     zero = d2 == 0
     w = d2.clamp_min(1e-300).pow(-power / 2.0)
@@ -197,6 +209,60 @@ def _weights_chunk(py: Tensor, px: Tensor, cy: Tensor, cx: Tensor, power: float,
         w = torch.where(hit[:, None], first.double(), w)
     w = w / w.sum(dim=1, keepdim=True)
     return idx, w.float()
+
+
+def _weights_chunk(py: Tensor, px: Tensor, cy: Tensor, cx: Tensor, power: float, k: int) -> tuple[Tensor | None, Tensor]:
+    """IDW (index, weight) for a chunk of pixels against all K centres (brute force)."""
+    d2 = (py[:, None] - cy[None, :]).pow(2) + (px[:, None] - cx[None, :]).pow(2)  # (n, K) float64
+    return _weights_from_d2(d2, None, power, k)
+
+
+def _axis_candidates(n: int, c: Tensor, r: int) -> tuple[Tensor, Tensor, float]:
+    """For a sorted axis of centres ``c``: per pixel coordinate the distances (n, len(c)) and the
+    r-th smallest distance's maximum over the axis (a bound used to prune candidates)."""
+    d = (torch.arange(n, dtype=torch.float64)[:, None] - c[None, :]).abs()
+    return d, d.kthvalue(r, dim=1).values, float(d.kthvalue(r, dim=1).values.max())
+
+
+def _grid_weights(cy: Tensor, cx: Tensor, h: int, w: int, power: float, k: int) -> tuple[Tensor, Tensor]:
+    """IDW (index, weight) on a grid of centres ``cy x cx`` (sorted), looking only at nearby centres.
+
+    With r = ceil(sqrt(k)), the r x r block of the nearest centre rows and columns holds k centres
+    within ``D = sqrt(A^2 + B^2)`` of the pixel (A, B: the largest r-th nearest row / column
+    distance over the image), so the k nearest (and their ties) lie within D, hence in the rows and
+    columns closer than D: a fixed-size block of candidates per pixel.  Exact, like brute force.
+    """
+    gh, gw = len(cy), len(cx)
+    r = min(gh, max(1, math.isqrt(k - 1) + 1))
+    c = min(gw, max(1, math.isqrt(k - 1) + 1))
+    dy, _, a = _axis_candidates(h, cy, r)
+    dx, _, b = _axis_candidates(w, cx, c)
+    dmax = math.sqrt(a * a + b * b) * (1 + 1e-12)
+
+    def window(d: Tensor, g: int) -> tuple[Tensor, int]:
+        inside = d <= dmax  # contiguous run of centres per pixel coordinate (centres are sorted)
+        length = int(inside.sum(1).max())
+        start = inside.to(torch.uint8).argmax(dim=1).clamp_max(g - length)
+        return start, length
+
+    y0, ly = window(dy, gh)
+    x0, lx = window(dx, gw)
+    rows = y0[:, None] + torch.arange(ly)  # (H, ly) centre rows per pixel row
+    cols = x0[:, None] + torch.arange(lx)  # (W, lx)
+    d2y = dy.gather(1, rows).pow(2)  # (H, ly)
+    d2x = dx.gather(1, cols).pow(2)  # (W, lx)
+    idx_parts, w_parts = [], []
+    step = max(1, _IDW_CHUNK // max(1, w * ly * lx))
+    for a0 in range(0, h, step):
+        sl = slice(a0, a0 + step)
+        nrow = d2y[sl].shape[0]
+        d2 = (d2y[sl][:, None, :, None] + d2x[None, :, None, :]).reshape(nrow * w, ly * lx)
+        cand = (rows[sl][:, None, :, None] * gw + cols[None, :, None, :]).reshape(nrow * w, ly * lx)
+        i, wt = _weights_from_d2(d2, cand, power, k)
+        assert i is not None
+        idx_parts.append(i)
+        w_parts.append(wt)
+    return torch.cat(idx_parts), torch.cat(w_parts)
 
 
 def idw_weights(
@@ -232,12 +298,17 @@ def idw_weights(
     n = int(height) * int(width)
     if k == K and n * K > _IDW_DENSE_LIMIT:
         raise ScoringError(f"idw: all-neighbour weights of {n} pixels x {K} centres are too large to cache")
-    ys = torch.arange(int(height), dtype=torch.float64).repeat_interleave(int(width))
-    xs = torch.arange(int(width), dtype=torch.float64).repeat(int(height))
-    step = max(1, _IDW_CHUNK // K)
-    parts = [_weights_chunk(ys[a : a + step], xs[a : a + step], cy, cx, power, k) for a in range(0, n, step)]
-    idx = None if parts[0][0] is None else torch.cat([p[0] for p in parts])  # type: ignore[misc]
-    w = torch.cat([p[1] for p in parts])
+    gy = torch.as_tensor(centres_y, dtype=torch.float64).reshape(-1).cpu()
+    gx = torch.as_tensor(centres_x, dtype=torch.float64).reshape(-1).cpu()
+    if grid and k < K and bool(torch.all(gy.diff() > 0)) and bool(torch.all(gx.diff() > 0)):
+        idx, w = _grid_weights(gy, gx, int(height), int(width), power, k)
+    else:
+        ys = torch.arange(int(height), dtype=torch.float64).repeat_interleave(int(width))
+        xs = torch.arange(int(width), dtype=torch.float64).repeat(int(height))
+        step = max(1, _IDW_CHUNK // K)
+        parts = [_weights_chunk(ys[a : a + step], xs[a : a + step], cy, cx, power, k) for a in range(0, n, step)]
+        idx = None if parts[0][0] is None else torch.cat([p[0] for p in parts])  # type: ignore[misc]
+        w = torch.cat([p[1] for p in parts])
     _IDW_CACHE[key] = (idx, w)
     while len(_IDW_CACHE) > _IDW_CACHE_SIZE:
         _IDW_CACHE.popitem(last=False)
@@ -606,9 +677,13 @@ def global_features_incremental(
     if int(tops.min()) < 0 or int(tops.max()) > h - p or int(lefts.min()) < 0 or int(lefts.max()) > w - p:
         raise ScoringError(f"a {p}x{p} hole must lie inside the {h}x{w} image")
     steps = global_net.steps()
-    plan = _incremental_plan(global_net, int(h), int(w), p, tops, lefts, int(batch_size))
     ones = torch.ones(1, 1, h, w, dtype=dt, device=dev)
     trace = global_net.trace(image, ones)
+    if not all(bool(t[2].all()) for t in trace[1:]):
+        # the closed-form masks assume that without a hole every position is valid (true whenever
+        # no window lies entirely in the padding); otherwise use the plain batched forward
+        return global_features_batched(global_net, image, tops, lefts, p, batch_size)
+    plan = _incremental_plan(global_net, int(h), int(w), p, tops, lefts, int(batch_size))
     feats = [global_net.normalize(image)] + [t[1] for t in trace[1:]]
     bmax = max(levels[0].shape[0] for levels, _, _ in plan)
     bufs = []  # per step: the padded unmasked input (channels-last rows), then room for a batch of crops

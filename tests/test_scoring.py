@@ -340,3 +340,16 @@ def test_incremental_global_net_at_the_cpu_preset_geometry():
         got = global_features_incremental(net, img, ty, lx, p.patch_size)
         ref = global_features_batched(net, img, ty, lx, p.patch_size, batch_size=len(ty))
     assert torch.allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("h,w,p,s,k", [(48, 48, 17, 8, 9), (40, 37, 9, 3, 4), (30, 30, 7, 4, 1), (50, 21, 5, 2, 12)])
+def test_idw_grid_shortcut_equals_brute_force_over_all_centres(h, w, p, s, k):
+    tops, lefts = patch_grid(h, w, p, s)
+    cy, cx = patch_centres(tops, lefts, p)
+    gy, gx = torch.meshgrid(cy, cx, indexing="ij")
+    sc = torch.randn(2, len(tops), len(lefts), generator=torch.Generator().manual_seed(0))
+    scoring.clear_idw_cache()
+    fast = idw_interpolate(sc, cy, cx, h, w, neighbours=k)  # grid: only nearby centres are examined
+    scoring.clear_idw_cache()
+    brute = idw_interpolate(sc.reshape(2, -1), gy.reshape(-1), gx.reshape(-1), h, w, neighbours=k)
+    assert torch.allclose(fast, brute, atol=1e-6)

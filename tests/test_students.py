@@ -77,13 +77,14 @@ def test_student_learns_a_constant_teacher(tmp_path):
     p = PRESET.replace(batch_size=8)
     student = new_student(p.patch_size, p.descriptor_dim, 5)
     test = _images(2, seed=9)[:, :, :17, :17]
-    before = float(((student(test) - targets[:2]) ** 2).mean())
-    hist = train_student(student, 0, pool["patches"], targets, p, steps=40, lr=5e-3,
+    with torch.no_grad():
+        before = float(((student(test) - targets[:2]) ** 2).mean())
+    hist = train_student(student, 0, pool["patches"], targets, p, steps=30, lr=2e-3,
                          ckpt=tmp_path / "s.pt", progress=False)
     with torch.no_grad():
-        after = float(((student(test) - targets[:2]) ** 2).mean())
-    assert hist.final(window=5) < 0.05 * hist.records[0]["loss"]
-    assert after < 0.05 * before
+        after = float(((student(test) - targets[:2]) ** 2).mean())  # on patches never seen
+    assert hist.final(window=5) < 0.1 * hist.records[0]["loss"]
+    assert after < 0.1 * before
 
 
 def test_train_student_resumes_exactly(tmp_path):
