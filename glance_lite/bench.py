@@ -31,7 +31,6 @@ Defined in :doc:`/notebooks/04_score_maps`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -238,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
 
     names = [s.strip() for s in a.presets.split(",") if s.strip()]
     for n in names:
-        get_preset(n)  # validates the name
+        try:
+            get_preset(n)
+        except ValueError as e:
+            ap.error(str(e))
     if a.images < 1:
         ap.error("--images must be >= 1")
     lp = a.loop_patches if a.loop_patches != 0 else None

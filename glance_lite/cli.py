@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--teacher", default="auto")
     rp.add_argument("--runs", default=None, help="where run folders go (default data/runs)")
     rp.add_argument("--category", action="append", default=None)
+    rp.add_argument("--no-ts", action="store_true", help="skip the TS (Uninformed Students) baseline")
     return ap
 
 
@@ -125,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
         from .reproduce import reproduce
 
         reproduce(args.out, data_roots=args.data, preset=get_preset(args.preset), teacher=args.teacher,
-                  runs=args.runs, categories=args.category)
+                  runs=args.runs, categories=args.category, ts=not args.no_ts)
         return 0
     raise AssertionError(args.cmd)  # pragma: no cover
 

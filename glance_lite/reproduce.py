@@ -4,10 +4,11 @@ For each dataset root and each category in it, this runs the same ``fit`` and ``
 command line offers, with one configuration for all categories (as the paper does), then writes a
 small, committable results folder::
 
-    results/<preset>/<dataset>/<category>/metrics.json     # evaluate's metrics + provenance
+    results/<preset>/<dataset>/<category>/metrics.json     # evaluate's metrics + provenance (+ TS baseline)
     results/<preset>/<dataset>/<category>/ablation.json    # AU-PRO for lambda_s in 0, 0.2, ..., 1
     results/<preset>/<dataset>/<category>/history.json     # loss curves
-    results/<preset>/<dataset>/<category>/fig3_*.png       # a few qualitative overlays
+    results/<preset>/<dataset>/<category>/fig3_*.png       # a few overlays (not for MVTec AD, whose
+                                                           # licence forbids redistributing its images)
 
 Every file records the preset, teacher, git commit, hardware, date and seconds.  Results files
 never come from anywhere else; the book's chapters 06 and 08 read them.
@@ -115,8 +116,9 @@ def reproduce(
     runs: str | Path | None = None,
     categories: Iterable[str] | None = None,
     progress: bool = True,
+    ts: bool = True,
 ) -> list[dict[str, Any]]:
-    """Fit + evaluate each category; write ``out/<preset>/<dataset>/<category>/``; return the rows."""
+    """Fit + evaluate each category (and the TS baseline on the same run when ``ts``); write ``out/<preset>/<dataset>/<category>/``; return the rows."""
     from .evaluation import evaluate_run
     from .mvtec import list_categories
     from .paths import runs_dir
@@ -149,6 +151,13 @@ def reproduce(
                 written_by="glance-lite reproduce",
             )
             metrics.pop("data_root", None)
+            if ts and metrics.get("AU-PRO") is not None:
+                from .students import run_ts_baseline
+
+                t2 = time.perf_counter()
+                tsm = run_ts_baseline(run, root, cat, progress=progress)
+                metrics["ts"] = {k: tsm.get(k) for k in ("image_AUROC", "pixel_AUROC", "AU-PRO", "seconds_per_image")}
+                metrics["ts"]["wall_seconds"] = round(time.perf_counter() - t2, 1)
             atomic_write_json(dest / "metrics.json", metrics)
             if metrics.get("AU-PRO") is not None:
                 abl = ablation_from_head_maps(run)
@@ -157,7 +166,8 @@ def reproduce(
                 atomic_write_json(dest / "ablation.json", abl)
             save_fig5_features(run, root, cat, dest)
             shutil.copyfile(run / "history.json", dest / "history.json")
-            _copy_figures(run, dest)
+            if ds_name != "mvtec_ad":  # MVTec AD's licence forbids redistributing its images
+                _copy_figures(run, dest)
             rows.append(metrics)
             if progress:
                 print(json.dumps({k: metrics.get(k) for k in ("dataset", "category", "AU-PRO", "pixel_AUROC",

@@ -273,6 +273,7 @@ def idw_weights(
     power: float = 2.0,
     neighbours: int | None = 9,
     grid: bool = True,
+    device: torch.device | str | None = None,
 ) -> tuple[Tensor | None, Tensor]:
     """Neighbour indices ``(H*W, k')`` (None when all K centres are used) and weights ``(H*W, k')``.
 
@@ -292,6 +293,13 @@ def idw_weights(
         raise ScoringError("idw: no centres")
     k = K if not neighbours else min(int(neighbours), K)
     key = (tuple(cy.tolist()), tuple(cx.tolist()), int(height), int(width), float(power), k)
+    if device is not None and torch.device(device).type != "cpu":
+        dkey = key + (str(torch.device(device)),)
+        if dkey not in _IDW_CACHE:
+            idx_c, w_c = idw_weights(centres_y, centres_x, height, width, power, neighbours, grid)
+            _IDW_CACHE[dkey] = (None if idx_c is None else idx_c.to(device), w_c.to(device))
+        _IDW_CACHE.move_to_end(dkey)
+        return _IDW_CACHE[dkey]
     if key in _IDW_CACHE:
         _IDW_CACHE.move_to_end(key)
         return _IDW_CACHE[key]
@@ -372,11 +380,10 @@ def idw_interpolate(
             _, wc = _weights_chunk(ys[a : a + step], xs[a : a + step], cy, cx, power, K)
             out.append(flat @ wc.to(flat.device, flat.dtype).T)
         return torch.cat(out, dim=1).reshape(b, h, w)
-    idx, wt = idw_weights(centres_y, centres_x, h, w, power, neighbours, grid)
-    wt = wt.to(flat.device, flat.dtype)
+    idx, wt = idw_weights(centres_y, centres_x, h, w, power, neighbours, grid, device=flat.device)
+    wt = wt.to(flat.dtype)
     if idx is None:
         return (flat @ wt.T).reshape(b, h, w)
-    idx = idx.to(flat.device)
     return (flat[:, idx] * wt).sum(dim=2).reshape(b, h, w)
 
 
@@ -596,13 +603,27 @@ def _flat_cl(x: Tensor) -> Tensor:
 _PLAN_CACHE: "OrderedDict[tuple, list[tuple[list[_Level], Tensor, Tensor]]]" = OrderedDict()
 
 
-def _incremental_plan(global_net: nn.Module, h: int, w: int, p: int, tops: Tensor, lefts: Tensor, batch_size: int):
+def _incremental_plan(global_net: nn.Module, h: int, w: int, p: int, tops: Tensor, lefts: Tensor, batch_size: int,
+                      device: torch.device | None = None):
     """Per batch of holes: the per-step gather indices and partial-conv rescaling, and the final
     gather index and mask.  Masks depend on the hole only, never on the image, so they are computed
-    here once per geometry (in closed form, see :func:`_axis_plan`) and cached."""
+    here once per geometry (in closed form, see :func:`_axis_plan`) and cached (per device)."""
     steps = global_net.steps()
     wsize = tuple(int(c.window_size) for c in global_net.convs)
     key = (tuple(steps), wsize, h, w, p, tuple(tops.tolist()), tuple(lefts.tolist()), batch_size)
+    if device is not None and torch.device(device).type != "cpu":
+        dkey = key + (str(torch.device(device)),)
+        if dkey not in _PLAN_CACHE:
+            mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+            cpu_plan = _incremental_plan(global_net, h, w, p, tops, lefts, batch_size)
+            _PLAN_CACHE[dkey] = [
+                ([_Level(kind=lv.kind, index=lv.index, kernel=lv.kernel, stride=lv.stride, idx=mv(lv.idx),
+                         shape=lv.shape, out_hw=lv.out_hw, ratio=mv(lv.ratio), valid=mv(lv.valid)) for lv in levels],
+                 mv(fi), mv(fm))
+                for levels, fi, fm in cpu_plan
+            ]
+        _PLAN_CACHE.move_to_end(dkey)
+        return _PLAN_CACHE[dkey]
     if key in _PLAN_CACHE:
         _PLAN_CACHE.move_to_end(key)
         return _PLAN_CACHE[key]
@@ -640,7 +661,7 @@ def _incremental_plan(global_net: nn.Module, h: int, w: int, p: int, tops: Tenso
         fin_mask = (~(in_r[:, :, None] & in_c[:, None, :])).float().unsqueeze(1)
         batches.append((levels, fin_idx, fin_mask))
     _PLAN_CACHE[key] = batches
-    while len(_PLAN_CACHE) > 2:
+    while len(_PLAN_CACHE) > 3:
         _PLAN_CACHE.popitem(last=False)
     return batches
 
@@ -683,7 +704,7 @@ def global_features_incremental(
         # the closed-form masks assume that without a hole every position is valid (true whenever
         # no window lies entirely in the padding); otherwise use the plain batched forward
         return global_features_batched(global_net, image, tops, lefts, p, batch_size)
-    plan = _incremental_plan(global_net, int(h), int(w), p, tops, lefts, int(batch_size))
+    plan = _incremental_plan(global_net, int(h), int(w), p, tops, lefts, int(batch_size), dev)
     feats = [global_net.normalize(image)] + [t[1] for t in trace[1:]]
     bmax = max(levels[0].shape[0] for levels, _, _ in plan)
     bufs = []  # per step: the padded unmasked input (channels-last rows), then room for a batch of crops
@@ -707,24 +728,24 @@ def global_features_incremental(
             if crop is not None:
                 buf[n_cache : n_cache + crop.shape[0]] = crop
             b, lr, lc = lv.shape
-            reg = _gather_cl(buf, lv.idx.to(dev), b, lr, lc)
+            reg = _gather_cl(buf, lv.idx, b, lr, lc)
             if lv.kind == "pconv":
                 conv = global_net.convs[lv.index]
                 y = torch.nn.functional.conv2d(reg, conv.weight, None, lv.stride, 0)
                 if conv.bias is not None:  # Eq. 5: W^T(X*M) * sum(1)/sum(M) + b, in one pass
-                    torch.addcmul(conv.bias.view(1, -1, 1, 1), y, lv.ratio.to(dev, dt), out=y)
+                    torch.addcmul(conv.bias.view(1, -1, 1, 1), y, lv.ratio.to(dt), out=y)
                 else:
-                    y.mul_(lv.ratio.to(dev, dt))
+                    y.mul_(lv.ratio.to(dt))
                 y.clamp_min_(0)  # ReLU
                 if lv.valid is not None:
-                    y.mul_(lv.valid.to(dev, dt))
+                    y.mul_(lv.valid.to(dt))
             else:
                 y = torch.nn.functional.max_pool2d(reg, lv.kernel, lv.stride)
             crop = _flat_cl(y)
         b = fin_mask.shape[0]
         fbuf[fcache.shape[0] : fcache.shape[0] + crop.shape[0]] = crop
-        full = _gather_cl(fbuf, fin_idx.to(dev), b, fh, fw)
-        out.append(global_net.pool_head(full, fin_mask.to(dev, dt)))
+        full = _gather_cl(fbuf, fin_idx, b, fh, fw)
+        out.append(global_net.pool_head(full, fin_mask.to(dt)))
     return torch.cat(out)
 
 
@@ -917,6 +938,7 @@ def head_maps(
     progress: bool = False,
     normalise: Mapping[str, Any] | None = None,
     batch_size: int = 256,
+    method: str = "incremental",
 ) -> dict[str, Tensor]:
     """Per-pixel maps of each head: ``dict(iad=(B, H, W), dad=(B, H, W))``.
 
@@ -924,7 +946,7 @@ def head_maps(
     (``neighbours=0``: all centres).  Because IDW is linear, ``l * iad + (1 - l) * dad`` equals the map
     of the combined score of Eq. 13 for any lambda_s = l (used by the Table 4 ablation).
     """
-    sc = score_patches(model, images, stride=stride, batch_size=batch_size, progress=progress)
+    sc = score_patches(model, images, stride=stride, batch_size=batch_size, method=method, progress=progress)
     s_iad, s_dad = normalise_scores(sc["s_iad"], sc["s_dad"], normalise)
     pw, nb = _idw_args(model, power, neighbours)
     h, w = images.shape[-2:]
