@@ -194,8 +194,16 @@ class LocalTrainer:
         self.std = torch.ones(teacher_dim)
 
     def set_stats(self, targets: torch.Tensor) -> None:
+        """Per-dimension mean and standard deviation of the teacher targets.
+
+        The standard deviation is floored at 5 % of its root-mean-square over the dimensions: a teacher
+        dimension that is (nearly)
+        constant on the pre-training patches would otherwise be divided by ~0 and explode on the
+        fine-tuning patches, where it varies.
+        """
         self.mean = targets.mean(0)
-        self.std = targets.std(0).clamp_min(1e-6)
+        std = targets.std(0)
+        self.std = std.clamp_min(max(1e-6, 0.05 * float(std.pow(2).mean().sqrt())))
 
     def train(
         self,
