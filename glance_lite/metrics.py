@@ -54,6 +54,7 @@ __all__ = [
     "pixel_auroc",
     "image_scores",
     "image_auroc",
+    "summary_metrics",
 ]
 
 
@@ -329,3 +330,23 @@ def image_auroc(scores: Any, labels: Any, reduce: str = "max") -> float:
         which = "anomalous" if n_pos == y.size else "normal"
         raise MetricError(f"labels: all {y.size} images are {which}; image AUROC needs both classes")
     return float(roc_auc_score(y, s))
+
+
+def summary_metrics(maps: Any, masks: Any | None, labels: Any) -> dict[str, float | None]:
+    """anomalib's three metrics for a test set: ``image_AUROC`` (image score = max of the map),
+    ``pixel_AUROC`` and ``AU-PRO`` (FPR limit 0.3).
+
+    A metric that the data cannot define is ``None``: image AUROC without both good and defective
+    images, the pixel metrics without masks or without both normal and anomalous pixels.
+    """
+    maps_a = np.asarray(maps)
+    labels_a = np.asarray(labels)
+    out: dict[str, float | None] = {"image_AUROC": None, "pixel_AUROC": None, "AU-PRO": None}
+    if len(set(labels_a.tolist())) == 2:
+        out["image_AUROC"] = image_auroc(maps_a.reshape(len(maps_a), -1).max(1), labels_a)
+    if masks is not None:
+        masks_a = np.asarray(masks)
+        if masks_a.any() and not masks_a.all():
+            out["pixel_AUROC"] = pixel_auroc(maps_a, masks_a)
+            out["AU-PRO"] = au_pro(maps_a, masks_a, limit=0.3)
+    return out

@@ -567,16 +567,9 @@ def student_maps(
 
 
 def _metrics(maps: np.ndarray, masks: np.ndarray | None, labels: np.ndarray) -> dict[str, float | None]:
-    from .metrics import au_pro, image_auroc, pixel_auroc
+    from .metrics import summary_metrics
 
-    out: dict[str, float | None] = {"image_AUROC": None, "pixel_AUROC": None, "AU-PRO": None}
-    if len(set(labels.tolist())) == 2:
-        out["image_AUROC"] = image_auroc(maps.reshape(len(maps), -1).max(1), labels)
-    if masks is not None and masks.any() and not masks.all():
-        out["pixel_AUROC"] = pixel_auroc(maps, masks)
-        out["AU-PRO"] = au_pro(maps, masks, limit=0.3)
-    return out
-
+    return summary_metrics(maps, masks, labels)
 
 def evaluate_students(
     run_dir: str | Path, data_root: str | Path, category: str, progress: bool = True

@@ -333,3 +333,18 @@ def test_image_auroc_bad_input(scores, labels, match):
 def test_image_scores_bad_reduce():
     with pytest.raises(ValueError, match="reduce"):
         image_scores(np.zeros((2, 3, 3)), reduce="median")
+
+
+def test_summary_metrics_defines_only_what_the_data_allows():
+    from glance_lite.metrics import summary_metrics
+
+    maps = np.zeros((3, 4, 4))
+    maps[1, 1:3, 1:3] = 1.0
+    masks = np.zeros((3, 4, 4), dtype=np.uint8)
+    masks[1, 1:3, 1:3] = 1
+    labels = np.array([0, 1, 0])
+    m = summary_metrics(maps, masks, labels)
+    assert m == {"image_AUROC": 1.0, "pixel_AUROC": 1.0, "AU-PRO": 1.0}
+    # no masks: image level only; one class of images: no image AUROC
+    assert summary_metrics(maps, None, labels) == {"image_AUROC": 1.0, "pixel_AUROC": None, "AU-PRO": None}
+    assert summary_metrics(maps, masks, np.array([1, 1, 1]))["image_AUROC"] is None
