@@ -38,27 +38,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         data = self.files.get(self.path)
         rng = self.headers.get("Range")
         if data is None:
-            self.send_error(404)
             self.log.append((self.path, rng, 0))
+            self.send_error(404)
             return
         start = 0
         if rng and self.honour_range:
             start = int(rng.split("=")[1].split("-")[0])
             if start >= len(data):
+                self.log.append((self.path, rng, 0))
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{len(data)}")
                 self.end_headers()
-                self.log.append((self.path, rng, 0))
                 return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
             self.send_response(200)
         body = data[start:]
+        # log before sending: the client may finish reading before this thread runs again
+        self.log.append((self.path, rng, len(body)))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        self.log.append((self.path, rng, len(body)))
 
     def log_message(self, *args: object) -> None:
         pass
