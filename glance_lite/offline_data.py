@@ -59,7 +59,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .fileio import DatasetError, GlanceError, atomic_write_json
+from .fileio import DatasetError, GlanceError, atomic_write_json, default_mode
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -692,6 +692,7 @@ def make_offline(out: str | os.PathLike, seed: int = 0, size: int = 256, progres
     try:
         for name in OFFLINE_CATEGORIES:
             tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out))
+            os.chmod(tmp, default_mode(directory=True))
             try:
                 for cat, split, defect, i in jobs:
                     if cat != name:

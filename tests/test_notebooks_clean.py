@@ -30,3 +30,21 @@ def test_every_notebook_is_in_the_toc():
     for nb in NOTEBOOKS:
         assert f"notebooks/{nb.stem}" in toc, f"{nb.name} is missing from _toc.yml"
     assert NOTEBOOKS, "no chapters found"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[n.name for n in NOTEBOOKS])
+def test_widget_calls_are_skipped_by_the_book_only(nb):
+    # Jupyter Book (myst-nb -> nbclient) does not run cells tagged `skip-execution`; nbval ignores the
+    # tag, so `make test` still runs them.  The widget cell must hold nothing later cells need: only
+    # the `interact` call, no definitions or assignments outside its try block.
+    cells = [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
+    widget = [c for c in cells if "interact(" in "".join(c["source"])]
+    assert widget, f"{nb.name}: no ipywidgets control"
+    for c in widget:
+        src = "".join(c["source"])
+        assert "skip-execution" in c.get("metadata", {}).get("tags", []), (
+            f"{nb.name}: the ipywidgets cell is executed by the book build (tag it skip-execution)")
+        code = [ln for ln in src.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        assert code[0].startswith("try:"), f"{nb.name}: the widget cell does more than call interact: {code[0]!r}"
+        assert not any(ln.startswith(("def ", "class ")) or (ln[0] != " " and "=" in ln.split("(")[0])
+                       for ln in code[1:] if ln[0] != " " and not ln.startswith(("except", "try"))), nb.name

@@ -247,3 +247,14 @@ def test_loads_with_mvtec_loader(small_root):
                 assert item["label"] == 0 and item["mask"].sum() == 0
             else:
                 assert item["label"] == 1 and item["mask"].sum() > 0
+
+
+def test_generated_files_get_ordinary_permissions(small_root):
+    # mkdtemp/mkstemp make private 0700/0600 entries; what is moved into place follows the umask
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [small_root / "manifest.json", small_root / "brick", small_root / "brick" / "train" / "good"]:
+        want = (0o777 if p.is_dir() else 0o666) & ~mask
+        assert (p.stat().st_mode & 0o777) == want, (p, oct(p.stat().st_mode & 0o777), oct(want))
