@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +18,31 @@ from typing import Sequence
 from .fileio import GlanceError
 
 __all__ = ["main", "build_parser"]
+
+
+def _variant_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=None, metavar="FIELD=VALUE",
+                   help="change one preset field (repeatable), e.g. --set global_steps=3000")
+    p.add_argument("--name", default=None,
+                   help="name of the changed preset (default: <preset>-custom); results and runs go "
+                        "under this name, so a variant never overwrites the preset's own files")
+
+
+def _preset_from_args(args: argparse.Namespace):
+    from .presets import PRESETS, get_preset, parse_overrides
+
+    try:
+        changes = parse_overrides(args.overrides)
+    except ValueError as e:
+        raise GlanceError(str(e)) from None
+    p = get_preset(args.preset)
+    if args.name is not None and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name)
+                                  or (changes and args.name in PRESETS)):
+        raise GlanceError(f"--name {args.name!r}: use letters, digits, '.', '_' or '-', and not the name "
+                          f"of a built-in preset ({', '.join(sorted(PRESETS))}) for a changed preset")
+    if changes or args.name:
+        p = p.replace(name=args.name or f"{p.name}-custom", **changes)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--teacher", default="auto", choices=["auto", "resnet18", "efficientnet_lite0"])
     fit.add_argument("--corpus", default=None, help="ImageNet-style folder for Local-Net distillation")
     fit.add_argument("--quiet", action="store_true")
+    _variant_options(fit)
 
     ev = sub.add_parser("evaluate", help="score the test split and write metrics, maps and overlays")
     ev.add_argument("run")
@@ -71,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--runs", default=None, help="where run folders go (default data/runs)")
     rp.add_argument("--category", action="append", default=None)
     rp.add_argument("--no-ts", action="store_true", help="skip the TS (Uninformed Students) baseline")
+    _variant_options(rp)
     return ap
 
 
@@ -102,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.cmd == "fit":
         from .training import fit
 
-        p = get_preset(args.preset)
+        p = _preset_from_args(args)
         print(describe(p), file=sys.stderr)
         fit(args.data, args.category, args.out, p, teacher=args.teacher, progress=not args.quiet,
             corpus_folder=args.corpus)
@@ -125,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.cmd == "reproduce":
         from .reproduce import reproduce
 
-        reproduce(args.out, data_roots=args.data, preset=get_preset(args.preset), teacher=args.teacher,
+        reproduce(args.out, data_roots=args.data, preset=_preset_from_args(args), teacher=args.teacher,
                   runs=args.runs, categories=args.category, ts=not args.no_ts)
         return 0
     raise AssertionError(args.cmd)  # pragma: no cover

@@ -27,7 +27,7 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Preset", "PRESETS", "get_preset", "preset_name_from_env", "hardware_info"]
+__all__ = ["Preset", "PRESETS", "get_preset", "parse_overrides", "preset_name_from_env", "hardware_info"]
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,49 @@ def get_preset(name: str | None = None, **overrides: Any) -> Preset:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     p = PRESETS[name]
     return p.replace(**overrides) if overrides else p
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Turn ``["global_steps=3000", "lr=1e-4", "global_channels=16,32,32,64,64,128,128"]`` into typed
+    preset overrides (the ``--set`` option of ``glance-lite fit`` and ``reproduce``).
+
+    Values are converted with the type of the field's default: int, float, bool, str, ``none`` for an
+    optional field, and comma-separated tuples.  An unknown field or a value of the wrong type raises
+    ``ValueError`` naming it.
+    """
+    fields = {f.name: f for f in dataclasses.fields(Preset)}
+    base = PRESETS["paper"]
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or key not in fields:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        if key == "name":
+            raise ValueError("--set name=...: use --name to name a variant")
+        default = getattr(base, key)
+        try:
+            if raw.lower() == "none":
+                if default is not None and key not in ("max_train_images", "max_test_images"):
+                    raise ValueError("this field cannot be none")
+                value: Any = None
+            elif isinstance(default, bool):
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError("expected true or false")
+                value = raw.lower() in ("true", "1")
+            elif isinstance(default, tuple):
+                kind = type(default[0]) if default else int
+                value = tuple(kind(v) for v in raw.split(",") if v.strip())
+            elif isinstance(default, float):
+                value = float(raw)
+            elif isinstance(default, int) or default is None:
+                value = int(raw)
+            else:
+                value = raw
+        except ValueError as e:
+            raise ValueError(f"--set {item!r}: {e}") from None
+        out[key] = value
+    return out
 
 
 def hardware_info() -> dict[str, Any]:

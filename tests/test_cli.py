@@ -104,3 +104,30 @@ def test_fit_evaluate_predict_end_to_end(tmp_path, capsys, monkeypatch):
     from glance_lite.model import GlanceModel
     a = GlanceModel.load(run)
     assert (run / "model.pt").read_bytes() is not None and a is not None
+
+
+def test_set_overrides_are_typed_and_checked():
+    from glance_lite.presets import parse_overrides
+
+    o = parse_overrides(["global_steps=30", "lr=1e-4", "global_channels=8,8,16,16,16,32,32",
+                         "max_test_images=none", "teacher=efficientnet_lite0"])
+    assert o == {"global_steps": 30, "lr": 1e-4, "global_channels": (8, 8, 16, 16, 16, 32, 32),
+                 "max_test_images": None, "teacher": "efficientnet_lite0"}
+    for bad in (["global_step=3"], ["global_steps"], ["global_steps=lots"], ["name=x"], ["patch_size=none"]):
+        with pytest.raises(ValueError, match="--set"):
+            parse_overrides(bad)
+
+
+def test_fit_with_set_and_name_records_the_variant(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
+    root = _tiny_dataset(tmp_path / "ds")
+    run = tmp_path / "run"
+    args = ["fit", "--data", str(root), "--category", "widget", "--out", str(run), "--preset", "smoke", "--quiet"]
+    assert main(args + ["--set", "global_steps=3", "--name", "smoke-short"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["preset"]["name"] == "smoke-short" and cfg["preset"]["global_steps"] == 3
+    capsys.readouterr()
+    # a typo, a bad value, or a variant posing as a built-in preset: one line, non-zero exit
+    assert main(args + ["--set", "global_stepz=3"]) != 0 and "global_stepz" in _err(capsys)
+    assert main(args + ["--set", "global_steps=3", "--name", "cpu"]) != 0 and "--name" in _err(capsys)
+    assert main(args + ["--name", "../escape"]) != 0 and "--name" in _err(capsys)
