@@ -131,3 +131,16 @@ def test_fit_with_set_and_name_records_the_variant(tmp_path, capsys, monkeypatch
     assert main(args + ["--set", "global_stepz=3"]) != 0 and "global_stepz" in _err(capsys)
     assert main(args + ["--set", "global_steps=3", "--name", "cpu"]) != 0 and "--name" in _err(capsys)
     assert main(args + ["--name", "../escape"]) != 0 and "--name" in _err(capsys)
+
+
+def test_readme_commands_parse():
+    # every `glance-lite ...` line of the README is accepted by the argument parser
+    import shlex
+
+    from glance_lite.cli import build_parser
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    lines = [ln.split("#")[0].strip() for ln in readme.splitlines() if ln.startswith("glance-lite ")]
+    assert len(lines) >= 5
+    for ln in lines:
+        build_parser().parse_args(shlex.split(ln)[1:])
