@@ -63,6 +63,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "LocalNet",
+    "grid_positions",
     "Decoder",
     "FeatureNormaliser",
     "LAYER_TABLES",
@@ -94,6 +95,21 @@ LAYER_TABLES: dict[int, tuple[LayerSpec, ...]] = {
 """Layer tables of the Uninformed Students patch networks, keyed by the patch size p."""
 
 Reduction = Literal["mean", "sum"]
+
+
+def grid_positions(n: int, p: int, stride: int) -> Tensor:
+    """Top (or left) coordinates of a raster of p-pixel patches over n pixels with the given stride:
+    ``0, stride, 2*stride, ...`` and, if the last of those leaves pixels uncovered, ``n - p`` too.
+
+    The one definition of the patch grid, shared by training (:meth:`LocalNet.on_grid`) and scoring
+    (:func:`glance_lite.scoring.patch_grid`).
+    """
+    if n < p:
+        raise ValueError(f"{n} pixels are fewer than the {p}-pixel patch")
+    pos = list(range(0, n - p + 1, stride))
+    if pos[-1] != n - p:
+        pos.append(n - p)
+    return torch.tensor(pos, dtype=torch.long)
 
 
 class LocalNet(nn.Module):
@@ -207,6 +223,28 @@ class LocalNet(nn.Module):
             raise ValueError(f"images of {h}x{w} pixels are smaller than the {p}x{p} patch")
         outs = [self._run(images[s : s + chunk], dense=False) for s in range(0, images.shape[0], chunk)]
         return torch.cat(outs)[..., : (h - p) // j + 1, : (w - p) // j + 1]
+
+    def on_grid(self, images: Tensor, chunk: int = 16) -> tuple[Tensor, Tensor, Tensor]:
+        """Z_l on the grid of :func:`grid_positions` with step J: the stride-J lattice plus, when the
+        lattice misses it, the last row/column of patches touching the bottom/right border.
+
+        Returns ``(features (B, dim, gh, gw), tops (gh,), lefts (gw,))``; entry [..., i, j] equals
+        ``forward(images[..., tops[i]:tops[i]+p, lefts[j]:lefts[j]+p])``.  These are the positions the
+        score maps are computed on (:func:`glance_lite.scoring.patch_grid` with stride J), so training
+        on them leaves no scored position unseen.
+        """
+        p, j = self.patch_size, self.stride
+        h, w = images.shape[-2:]
+        z = self.strided(images, chunk)
+        tops, lefts = grid_positions(h, p, j), grid_positions(w, p, j)
+        if len(tops) > z.shape[-2]:          # the bottom row of patches, top = h - p
+            z = torch.cat([z, self.strided(images[..., h - p :, :], chunk)], dim=-2)
+        if len(lefts) > z.shape[-1]:         # the right column, left = w - p (bottom-right corner included)
+            col = self.strided(images[..., :, w - p :], chunk)
+            if len(tops) > col.shape[-2]:
+                col = torch.cat([col, self.strided(images[..., h - p :, w - p :], chunk)], dim=-2)
+            z = torch.cat([z, col], dim=-1)
+        return z, tops, lefts
 
     @property
     def receptive_field(self) -> int:

@@ -86,6 +86,7 @@ from tqdm.auto import tqdm
 
 from .fileio import GlanceError
 from .heads import combined_score, dad_score, iad_score
+from .local_net import grid_positions
 
 __all__ = [
     "ScoringError",
@@ -117,10 +118,7 @@ class ScoringError(GlanceError, ValueError):
 
 
 def _axis_positions(n: int, p: int, stride: int) -> Tensor:
-    pos = list(range(0, n - p + 1, stride))
-    if pos[-1] != n - p:
-        pos.append(n - p)
-    return torch.tensor(pos, dtype=torch.long)
+    return grid_positions(n, p, stride)
 
 
 def patch_grid(height: int, width: int, patch_size: int, stride: int) -> tuple[Tensor, Tensor]:

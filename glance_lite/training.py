@@ -367,19 +367,28 @@ def finetune_local(
 # --------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def grid_local_cache(model: GlanceModel, images: torch.Tensor, progress: bool = True, chunk: int = 8) -> torch.Tensor:
-    """Z_l of every training patch on the Local-Net's natural grid, float16 (N, n, H', W').
+def grid_local_cache(model: GlanceModel, images: torch.Tensor, progress: bool = True,
+                     chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Z_l of every training patch on the scoring grid with step J, float16, with its coordinates.
 
-    Patch tops and lefts are multiples of the Local-Net's stride J (4 for p = 33, 1 for p = 17), where
-    the plain fully-convolutional pass computes Z_l for all patches at once
-    (:meth:`glance_lite.local_net.LocalNet.strided`).  *Deviation:* the paper crops patches at any
-    position; we draw them from this grid so that Z_l is computed once per image instead of once per
-    step, which makes joint training several times faster on a CPU.
+    Returns ``(cache (N, n, gh, gw), tops (gh,), lefts (gw,))``.  The grid is the Local-Net's stride-J
+    lattice (J = 4 for p = 33, 1 for p = 17), where one fully-convolutional pass computes Z_l for all
+    patches at once, plus the last row and column of patches that touch the bottom and right borders
+    (:meth:`glance_lite.local_net.LocalNet.on_grid`). These are exactly the positions the score maps
+    use, so the Global-Net is trained on every hole position it is later asked about. (Without that
+    last row and column, a 128-pixel image with 33-pixel patches is scored at left = 95 but trained
+    only up to 92. A hole touching the border is then new to the Global-Net, and its IAD error there
+    dominated the bottle maps.)
+
+    *Deviation:* the paper crops patches at any position; we draw them from this grid so that Z_l is
+    computed once per image instead of once per step, which makes joint training several times faster
+    on a CPU.
     """
-    outs = []
+    outs, tops, lefts = [], None, None
     for s in tqdm(range(0, len(images), chunk), desc="local features", disable=not progress, leave=False):
-        outs.append(model.local_net.strided(images[s : s + chunk]).half())
-    return torch.cat(outs)
+        z, tops, lefts = model.local_net.on_grid(images[s : s + chunk])
+        outs.append(z.half())
+    return torch.cat(outs), tops, lefts
 
 
 def train_global(
@@ -388,12 +397,12 @@ def train_global(
     run_dir: str | Path,
     progress: bool = True,
     stop_after: int | None = None,
-    local_cache: torch.Tensor | None = None,
+    local_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> StageHistory:
     """Stage 3: train Global-Net and DAD head with ``l = l_IAD + lambda_t * l_DAD`` (Eq. 10).
 
-    Each step draws B random (image, patch position) pairs, positions on the Local-Net's stride grid
-    (see :func:`grid_local_cache`).  Z_l is the frozen Local-Net feature of
+    Each step draws B random (image, patch position) pairs, positions on the scoring grid with the
+    Local-Net's stride (see :func:`grid_local_cache`).  Z_l is the frozen Local-Net feature of
     the clean patch, and Z_g the Global-Net feature of the image with the patch masked out (Eq. 6).
     With probability 1/2 a sample's DAD input Z* is the feature of the patch with a random stain
     (label 1), otherwise Z_l (label 0); see :mod:`glance_lite.heads` for the label convention.
@@ -406,10 +415,10 @@ def train_global(
     params = list(model.global_net.parameters()) + list(model.dad.parameters())
     opt = torch.optim.Adam(params, lr=p.lr, weight_decay=p.weight_decay)
 
-    J = model.local_net.stride
     if local_cache is None:
         local_cache = grid_local_cache(model, train_images, progress)
-    gh, gw = local_cache.shape[-2:]
+    cache, pos_y, pos_x = local_cache
+    gh, gw = cache.shape[-2:]
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         g, rng = step_generators(p.seed, "global", step)
@@ -417,11 +426,11 @@ def train_global(
         idx = torch.randint(N, (B,), generator=g)
         gi = torch.randint(gh, (B,), generator=g)
         gj = torch.randint(gw, (B,), generator=g)
-        tops, lefts = gi * J, gj * J
+        tops, lefts = pos_y[gi], pos_x[gj]
         neg = torch.rand(B, generator=g) < 0.5
         images = train_images[idx]
         with torch.no_grad():
-            z_l = local_cache[idx, :, gi, gj].float()
+            z_l = cache[idx, :, gi, gj].float()
             z_star = z_l.clone()
             if neg.any():
                 clean = crop_patches(train_images, idx[neg], tops[neg], lefts[neg], P)

@@ -173,3 +173,30 @@ def test_strided_equals_per_patch_on_the_natural_grid():
         for (a, b) in [(0, 0), (4, 3), (2, 1)]:
             ref = net(img[:, :, a * j : a * j + 33, b * j : b * j + 33])
             assert torch.allclose(z[:, :, a, b], ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(48, 48), (50, 45), (33, 40), (36, 36)])
+def test_on_grid_covers_the_scoring_grid_exactly(size):
+    # the training grid is the scoring grid with step J, border row/column included, and each entry
+    # is the per-patch forward of the patch at those coordinates
+    import torch
+    from glance_lite.local_net import LocalNet
+    from glance_lite.scoring import patch_grid
+
+    torch.manual_seed(0)
+    net = LocalNet(33).eval()
+    x = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        z, tops, lefts = net.on_grid(x)
+    gt, gl = patch_grid(size[0], size[1], 33, net.stride)
+    assert torch.equal(tops, gt) and torch.equal(lefts, gl)
+    assert z.shape[-2:] == (len(tops), len(lefts))
+    assert int(tops[-1]) == size[0] - 33 and int(lefts[-1]) == size[1] - 33
+    for i in sorted({0, len(tops) - 2, len(tops) - 1}):
+        for j in sorted({0, len(lefts) - 2, len(lefts) - 1}):
+            if i < 0 or j < 0:
+                continue
+            t, l = int(tops[i]), int(lefts[j])
+            with torch.no_grad():
+                ref = net(x[:, :, t:t + 33, l:l + 33])
+            assert torch.allclose(z[:, :, i, j], ref, atol=1e-5), (t, l)

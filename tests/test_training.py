@@ -96,3 +96,26 @@ def test_joint_loss_decreases(tmp_path):
     # Eq. 10 bookkeeping: loss = iad + lambda_t * dad
     r = h.records[-1]
     assert abs(r["loss"] - (r["iad"] + p.lambda_t * r["dad"])) < 1e-4
+
+
+def test_global_stage_trains_on_every_scored_hole_position(tmp_path, monkeypatch):
+    # 46-pixel images, 33-pixel patches, Local-Net stride 4: the score maps use lefts 0, 4, 8, 12 and
+    # the border position 13; the joint stage must put holes there too (it once stopped at 12)
+    import glance_lite.training as tr
+    from glance_lite.scoring import patch_grid
+
+    p = get_preset("smoke").replace(image_size=46, patch_size=33, global_steps=40, batch_size=8,
+                                    checkpoint_every=100)
+    m = _model(p)
+    seen_t, seen_l = set(), set()
+    real = tr.hole_mask
+
+    def spy(size, tops, lefts, patch):
+        seen_t.update(int(t) for t in tops)
+        seen_l.update(int(v) for v in lefts)
+        return real(size, tops, lefts, patch)
+
+    monkeypatch.setattr(tr, "hole_mask", spy)
+    train_global(m, _images(n=3, s=46), tmp_path / "run", progress=False)
+    gt, gl = patch_grid(46, 46, 33, m.local_net.stride)
+    assert seen_t == set(gt.tolist()) and seen_l == set(gl.tolist()), (sorted(seen_t), gt.tolist())
