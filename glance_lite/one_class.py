@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .cifar import CIFAR10_CLASSES, OneClassSplit, load_cifar10, one_class_split
-from .fileio import DatasetError, GlanceError, atomic_write, atomic_write_json, load_torch, save_torch
+from .fileio import DatasetError, GlanceError, atomic_write, atomic_write_json, load_torch, save_torch, short_hash
 from .global_net import GlobalNet, hole_mask
 from .heads import DADHead, combined_score, dad_loss, dad_score, iad_score
 from .model import GlanceModel
@@ -533,10 +533,7 @@ def train_one_class_global(
 def run_key(preset: Preset, settings: OneClassSettings) -> str:
     """Short hash of the preset and settings; names the default Table 3 folder, so that changed
     settings never meet (and are never refused by) the runs of older ones."""
-    import hashlib
-
-    d = {"preset": preset.to_dict(), "settings": settings.to_dict()}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+    return short_hash({"preset": preset.to_dict(), "settings": settings.to_dict()})
 
 
 def _identity(split: OneClassSplit, dataset: str, preset: Preset, settings: OneClassSettings) -> dict[str, Any]:

@@ -200,7 +200,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     optional field, and comma-separated tuples.  An unknown field or a value of the wrong type raises
     ``ValueError`` naming it.
     """
-    fields = {f.name: f for f in dataclasses.fields(Preset)}
+    fields = {f.name for f in dataclasses.fields(Preset)}
     base = PRESETS["paper"]
     out: dict[str, Any] = {}
     for item in items or []:
@@ -213,7 +213,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         default = getattr(base, key)
         try:
             if raw.lower() == "none":
-                if default is not None and key not in ("max_train_images", "max_test_images"):
+                if default is not None:   # only the optional fields default to None
                     raise ValueError("this field cannot be none")
                 value: Any = None
             elif isinstance(default, bool):

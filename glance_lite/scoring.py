@@ -117,10 +117,6 @@ class ScoringError(GlanceError, ValueError):
 # ------------------------------------------------------------------------------------------------
 
 
-def _axis_positions(n: int, p: int, stride: int) -> Tensor:
-    return grid_positions(n, p, stride)
-
-
 def patch_grid(height: int, width: int, patch_size: int, stride: int) -> tuple[Tensor, Tensor]:
     """Top-left corners of a raster grid of ``patch_size`` patches (Fig. 2b): ``(tops, lefts)``.
 
@@ -134,7 +130,7 @@ def patch_grid(height: int, width: int, patch_size: int, stride: int) -> tuple[T
         raise ScoringError(f"patch_grid: patch_size ({p}) and stride ({s}) must be positive")
     if p > h or p > w:
         raise ScoringError(f"patch_grid: a {p}x{p} patch does not fit an image of {h}x{w} pixels")
-    return _axis_positions(h, p, s), _axis_positions(w, p, s)
+    return grid_positions(h, p, s), grid_positions(w, p, s)
 
 
 def patch_centres(tops: Tensor, lefts: Tensor, patch_size: int) -> tuple[Tensor, Tensor]:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .fileio import GlanceError, atomic_write_json, load_torch, save_torch
+from .fileio import GlanceError, atomic_write_json, load_torch, save_torch, short_hash
 from .global_net import hole_mask
 from .heads import dad_loss, iad_score
 from .local_net import Decoder, LocalNet, local_loss
@@ -275,13 +275,11 @@ def _cached(path: Path, make: Callable[[], dict[str, torch.Tensor]]) -> dict[str
 def pretrain_key(preset: Preset, corpus_folder: str | Path | None = None) -> str:
     """Short hash of everything that determines the pre-trained Local-Net (so a changed preset
     never silently reuses a stale pre-training)."""
-    import hashlib
-
     fields = ("patch_size", "descriptor_dim", "batch_size", "lr", "weight_decay", "seed", "lambda_k", "lambda_c",
               "teacher_input_size", "pretrain_patches", "pretrain_steps")
     d = {f: getattr(preset, f) for f in fields}
     d["corpus"] = str(corpus_folder) if corpus_folder else "skimage"
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+    return short_hash(d)
 
 
 def pretrain_local(
