@@ -6,7 +6,7 @@ The pipeline, one module per stage::
     models    teachers, local_net (Eq. 1-4), partial_conv (Eq. 5), global_net (Eq. 6),
               heads (Eq. 7-9, 11-13), stains, model
     training  training (Eq. 3, 10)
-    scoring   scoring (Eq. 11-13, raster scan, IDW maps)
+    scoring   fast_features (Eq. 4-6 on the raster grid), idw (IDW maps), scoring (Eq. 11-13, raster scan)
     metrics   metrics (AU-PRO, pixel and image AUROC)
     figures   figures, evaluation, reproduce, cli
 

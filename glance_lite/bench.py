@@ -64,7 +64,7 @@ def _worker(preset_name: str, method: str, n_images: int, loop_patches: int | No
     from .fileio import save_torch
     from .model import GlanceModel
     from .presets import get_preset
-    from . import scoring
+    from . import idw, scoring
 
     preset = get_preset(preset_name)
     torch.manual_seed(seed)
@@ -75,15 +75,15 @@ def _worker(preset_name: str, method: str, n_images: int, loop_patches: int | No
     base = _maxrss_mb()
     res: dict[str, Any] = {"threads": torch.get_num_threads()}
     if method == "fast":
-        scoring.clear_idw_cache()
+        idw.clear_idw_cache()
         t0, c0 = time.perf_counter(), time.process_time()
         scoring.anomaly_maps(model, images[:1])  # warm-up: builds the IDW and Global-Net geometry caches
         first_wall, first_cpu = time.perf_counter() - t0, time.process_time() - c0
         t0, c0 = time.perf_counter(), time.process_time()
         sc = scoring.score_patches(model, images[1:])
         s_comb = preset.lambda_s * sc["s_iad"] + (1 - preset.lambda_s) * sc["s_dad"]
-        maps = scoring.idw_interpolate(s_comb, *scoring.patch_centres(sc["tops"], sc["lefts"], preset.patch_size),
-                                       s, s, preset.idw_power, preset.idw_neighbours)
+        maps = idw.idw_interpolate(s_comb, *scoring.patch_centres(sc["tops"], sc["lefts"], preset.patch_size),
+                                   s, s, preset.idw_power, preset.idw_neighbours)
         res["wall"] = (time.perf_counter() - t0) / n_images
         res["cpu"] = (time.process_time() - c0) / n_images
         # the timed path equals the public anomaly_maps
@@ -104,13 +104,13 @@ def _worker(preset_name: str, method: str, n_images: int, loop_patches: int | No
         t1, c1 = time.perf_counter(), time.process_time()
         if done == n_patches:
             s_comb = preset.lambda_s * sc["s_iad"] + (1 - preset.lambda_s) * sc["s_dad"]
-            maps = scoring.idw_interpolate(s_comb, *scoring.patch_centres(tops, lefts, preset.patch_size),
-                                           s, s, preset.idw_power, preset.idw_neighbours)
+            maps = idw.idw_interpolate(s_comb, *scoring.patch_centres(tops, lefts, preset.patch_size),
+                                       s, s, preset.idw_power, preset.idw_neighbours)
         else:  # time the (score-independent) IDW step on dummy scores
             maps = None
-            scoring.idw_interpolate(torch.zeros(n_images, len(tops), len(lefts)),
-                                    *scoring.patch_centres(tops, lefts, preset.patch_size),
-                                    s, s, preset.idw_power, preset.idw_neighbours)
+            idw.idw_interpolate(torch.zeros(n_images, len(tops), len(lefts)),
+                                *scoring.patch_centres(tops, lefts, preset.patch_size),
+                                s, s, preset.idw_power, preset.idw_neighbours)
         idw_wall, idw_cpu = time.perf_counter() - t1, time.process_time() - c1
         res["wall"] = (wall * scale + idw_wall) / n_images
         res["cpu"] = (cpu * scale + idw_cpu) / n_images

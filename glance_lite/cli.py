@@ -66,6 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--out", required=True)
     dl.add_argument("--category", action="append", default=None, help="repeatable; default: all")
 
+    pt = sub.add_parser("pretrain", help="the long Local-Net distillation on natural images (shipped weights)")
+    pt.add_argument("--out", required=True, help="work folder (resumes if it exists)")
+    pt.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "paper"],
+                    help="gives the patch size, descriptor dimension and teacher input size")
+    pt.add_argument("--teacher", default="auto", choices=["auto", "resnet18", "efficientnet_lite0"])
+    pt.add_argument("--corpus", default=None, help="ImageNet-style folder (default: the bundled photographs)")
+    pt.add_argument("--steps", type=int, default=20_000)
+    pt.add_argument("--patches", type=int, default=60_000, help="training patches (teacher features cached)")
+    pt.add_argument("--batch-size", type=int, default=64)
+    pt.add_argument("--lr", type=float, default=2e-4)
+    pt.add_argument("--eval-every", type=int, default=500, help="steps between held-out evaluations")
+    pt.add_argument("--ship", action="store_true", help="copy the result into glance_lite/weights/")
+    pt.add_argument("--quiet", action="store_true")
+
     fit = sub.add_parser("fit", help="train Local-Net, Global-Net and DAD head on one category")
     fit.add_argument("--data", required=True, help="dataset root (holds the category folder)")
     fit.add_argument("--category", required=True)
@@ -73,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--preset", default=None, choices=["smoke", "cpu", "paper"])
     fit.add_argument("--teacher", default="auto", choices=["auto", "resnet18", "efficientnet_lite0"])
     fit.add_argument("--corpus", default=None, help="ImageNet-style folder for Local-Net distillation")
+    fit.add_argument("--pretrained", default=None, choices=["shipped", "none"],
+                     help="start from the Local-Net shipped in the package (default for cpu) or distil here")
     fit.add_argument("--quiet", action="store_true")
     _variant_options(fit)
 
@@ -99,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--category", action="append", default=None)
     rp.add_argument("--no-ts", action="store_true", help="skip the TS (Uninformed Students) baseline")
     _variant_options(rp)
+
+    va = sub.add_parser("validate", help="choose settings without the test split: fit + evaluate + TS on "
+                                         "held-out training images with synthetic defects (see validation.py)")
+    va.add_argument("--source", action="append", default=None, metavar="ROOT:CATEGORY[:heldout|test]",
+                    help="repeatable; ROOT 'offline' is the offline set; default: offline categories, "
+                         "hazelnut toy, held-out MVTec AD bottle and screw (those present)")
+    va.add_argument("--out", required=True, help="folder for held-out sets, runs and <preset>/validation.json")
+    va.add_argument("--preset", default=None, choices=["smoke", "cpu", "paper"])
+    va.add_argument("--teacher", default="auto", choices=["auto", "resnet18", "efficientnet_lite0"])
+    va.add_argument("--no-ts", action="store_true", help="skip the TS (Uninformed Students) baseline")
+    va.add_argument("--quiet", action="store_true")
+    _variant_options(va)
     return ap
 
 
@@ -127,9 +155,22 @@ def _run(args: argparse.Namespace) -> int:
 
             print(download_mvtec(args.out, categories=args.category))
             return 0
+    if args.cmd == "pretrain":
+        from .distil import DistilSettings, distil
+
+        st = DistilSettings(steps=args.steps, n_patches=args.patches, batch_size=args.batch_size, lr=args.lr,
+                            eval_every=args.eval_every)
+        p = get_preset(args.preset)
+        print(describe(p), file=sys.stderr)
+        prov = distil(p, args.out, st, teacher=args.teacher, corpus_folder=args.corpus, ship=args.ship,
+                      progress=not args.quiet, command="glance-lite " + " ".join(sys.argv[1:]))
+        print(json.dumps({k: prov[k] for k in ("name", "steps", "heldout", "final", "size_bytes", "sha256")}))
+        return 0
     if args.cmd == "fit":
         from .training import fit
 
+        if args.pretrained is not None:
+            args.overrides = (args.overrides or []) + [f"pretrained={args.pretrained}"]
         p = _preset_from_args(args)
         print(describe(p), file=sys.stderr)
         fit(args.data, args.category, args.out, p, teacher=args.teacher, progress=not args.quiet,
@@ -156,6 +197,12 @@ def _run(args: argparse.Namespace) -> int:
         reproduce(args.out, data_roots=args.data, preset=_preset_from_args(args), teacher=args.teacher,
                   runs=args.runs, categories=args.category, ts=not args.no_ts)
         return 0
+    if args.cmd == "validate":
+        from .validation import run_cli
+
+        p = _preset_from_args(args)
+        print(describe(p), file=sys.stderr)
+        return run_cli(args.source, args.out, p, teacher=args.teacher, ts=not args.no_ts, progress=not args.quiet)
     raise AssertionError(args.cmd)  # pragma: no cover
 
 

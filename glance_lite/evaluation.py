@@ -7,7 +7,12 @@
   head alone (lambda_s = 1 and 0);
 * ``RUN/maps/test/<defect>/<stem>.tiff`` -- float32 anomaly maps in the MVTec evaluation layout;
 * ``RUN/overlays/test/<defect>/<stem>.png`` -- image, ground-truth contour and heat map;
-* ``RUN/head_maps.npz`` -- the IAD and DAD maps of every test image (for the lambda_s ablation).
+* ``RUN/head_maps.npz`` -- the IAD and DAD maps of every test image (for the lambda_s ablation),
+  under the headline normalisation (``iad``, ``dad``) and plain (``iad_raw``, ``dad_raw``);
+* in ``metrics.json`` also ``normalisations``: the three metrics, and each head's alone, under every
+  score normalisation (``none``, the paper's Eq. 13; ``zscore``; ``position``; see
+  :func:`glance_lite.scoring.normalise_scores`), fitted on training images (``RUN/score_stats.json``).
+  ``preset.score_norm`` picks the headline.
 
 Defined in :doc:`/notebooks/06_mvtec_ad`.
 """
@@ -27,7 +32,7 @@ from .fileio import GlanceError, atomic_write, atomic_write_json
 from .model import GlanceModel
 from .presets import hardware_info
 
-__all__ = ["evaluate_run", "predict", "write_tiff", "IMAGE_SUFFIXES"]
+__all__ = ["evaluate_run", "predict", "score_stats", "write_tiff", "IMAGE_SUFFIXES", "SCORE_STATS"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -58,7 +63,7 @@ def evaluate_run(
     ``overlays`` caps the number of overlay PNGs per defect type (None: all).
     """
     from .mvtec import MVTecDataset, find_category
-    from .scoring import head_maps
+    from .scoring import normalised_head_maps
 
     run_dir = Path(run_dir)
     model = GlanceModel.load(run_dir)
@@ -70,30 +75,41 @@ def evaluate_run(
     ds = MVTecDataset(cat, "test", p.image_size, max_images=p.max_test_images)
     if len(ds) == 0:
         raise GlanceError(f"{cat.root}: no test images")
-    iad, dad, masks, labels, paths, defects = [], [], [], [], [], []
+    stats = score_stats(run_dir, model, cat, progress)
+    methods = ("none", "zscore", "position")
+    if p.score_norm not in methods:
+        raise GlanceError(f"preset.score_norm must be one of {methods}, got {p.score_norm!r}")
+    hmaps: dict[str, dict[str, list[np.ndarray]]] = {m: {"iad": [], "dad": []} for m in methods}
+    masks, labels, paths, defects = [], [], [], []
     t0 = time.perf_counter()
     for i in tqdm(range(len(ds)), desc=f"evaluate {category}", disable=not progress):
         item = ds[i]
-        hm = head_maps(model, item["image"][None])
-        iad.append(hm["iad"][0].numpy())
-        dad.append(hm["dad"][0].numpy())
+        nm = normalised_head_maps(model, item["image"][None], stats, methods)
+        for m in methods:
+            for head in ("iad", "dad"):
+                hmaps[m][head].append(nm[m][head][0].numpy())
         masks.append(item["mask"][0].numpy())
         labels.append(int(item["label"]))
         paths.append(item["path"])
         defects.append(item["defect"])
     sec_per_image = (time.perf_counter() - t0) / len(ds)
-    iad_a, dad_a = np.stack(iad), np.stack(dad)
     masks_a = np.stack(masks).astype(np.uint8) if cat.has_masks else None
     labels_a = np.array(labels)
+    stacked = {m: (np.stack(hmaps[m]["iad"]), np.stack(hmaps[m]["dad"])) for m in methods}
+    by_method = {}
+    for m, (ia, da) in stacked.items():
+        by_method[m] = {**_metrics(p.lambda_s * ia + (1 - p.lambda_s) * da, masks_a, labels_a),
+                        "iad_only": _metrics(ia, masks_a, labels_a), "dad_only": _metrics(da, masks_a, labels_a)}
+    iad_a, dad_a = stacked[p.score_norm]
     maps = p.lambda_s * iad_a + (1 - p.lambda_s) * dad_a
+    head = by_method[p.score_norm]
     result: dict[str, Any] = {
         "category": category,
-        **_metrics(maps, masks_a, labels_a),
+        **{k: head[k] for k in ("image_AUROC", "pixel_AUROC", "AU-PRO")},
         "lambda_s": p.lambda_s,
-        "heads": {
-            "iad_only": _metrics(iad_a, masks_a, labels_a),
-            "dad_only": _metrics(dad_a, masks_a, labels_a),
-        },
+        "score_norm": p.score_norm,
+        "heads": {"iad_only": head["iad_only"], "dad_only": head["dad_only"]},
+        "normalisations": by_method,
         "n_test": len(ds),
         "seconds_per_image": round(sec_per_image, 4),
         "preset": p.name,
@@ -108,6 +124,8 @@ def evaluate_run(
     def _npz(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, iad=iad_a.astype(np.float32), dad=dad_a.astype(np.float32),
+                                iad_raw=stacked["none"][0].astype(np.float32),
+                                dad_raw=stacked["none"][1].astype(np.float32),
                                 masks=masks_a if masks_a is not None else np.zeros(0), labels=labels_a,
                                 defects=np.array(defects), paths=np.array(paths))
 
@@ -127,6 +145,44 @@ def evaluate_run(
                              masks_a[i] if masks_a is not None else None, vmin, vmax, title=f"{d}/{stem}")
     atomic_write_json(run_dir / "metrics.json", result)
     return result
+
+
+SCORE_STATS = "score_stats.json"
+"""File in a run folder holding the score normaliser fitted on training images."""
+
+
+def score_stats(run_dir: str | Path, model: GlanceModel, category: Any = None, progress: bool = False,
+                train_images: Any = None) -> dict[str, Any]:
+    """The run's score normaliser (:func:`glance_lite.scoring.fit_score_normaliser` on 16 training
+    images spread over the training set), read from ``RUN/score_stats.json`` or fitted and written.
+
+    Fitted on first use (``evaluate`` or ``predict``) from the category's training images, found
+    through ``category`` or the run's ``config.json``; never from test images.
+    """
+    from .scoring import fit_score_normaliser
+
+    path = Path(run_dir) / SCORE_STATS
+    if path.is_file():
+        return json.loads(path.read_text())
+    if train_images is None:
+        from .training import load_train_images
+
+        if category is None:
+            from .mvtec import find_category
+
+            cfg_path = Path(run_dir) / "config.json"
+            cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+            if not cfg.get("data_root") or not cfg.get("category"):
+                raise GlanceError(f"{run_dir}: no {SCORE_STATS} and no training data to fit it on")
+            category = find_category(cfg["data_root"], cfg["category"])
+        train_images = load_train_images(category, model.preset)
+    n = len(train_images)
+    pick = torch.linspace(0, n - 1, min(16, n)).round().long().unique()
+    method = model.preset.score_norm if model.preset.score_norm != "none" else "zscore"
+    stats = fit_score_normaliser(model, train_images[pick], method=method, max_images=None, progress=progress)
+    stats["train_indices"] = pick.tolist()
+    atomic_write_json(path, stats)
+    return stats
 
 
 def _git() -> str:
@@ -161,12 +217,15 @@ def predict(run_dir: str | Path, inputs: Iterable[str | Path], out: str | Path, 
     from .figures import save_overlay
 
     model = GlanceModel.load(run_dir)
+    stats = None
+    if model.preset.score_norm != "none":
+        stats = dict(score_stats(run_dir, model), method=model.preset.score_norm)
     files = _collect_images(inputs)
     out = Path(out)
     records = []
     for f in tqdm(files, desc="predict", disable=not progress):
         img = load_image(f, model.preset.image_size)
-        amap = anomaly_maps(model, img[None])[0].numpy()
+        amap = anomaly_maps(model, img[None], normalise=stats)[0].numpy()
         tif = write_tiff(out / f"{f.stem}.tiff", amap)
         png = save_overlay(out / f"{f.stem}.png", img.permute(1, 2, 0).numpy(), amap, None, title=f.name)
         records.append({"image": str(f), "score": float(amap.max()), "map": str(tif), "overlay": str(png)})

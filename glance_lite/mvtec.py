@@ -22,12 +22,19 @@ from its image, a defect image without a mask while other defect images have one
 a dataset, or an unknown category (the message lists the categories found under ``root``).
 
 Resizing: images use bilinear interpolation with antialiasing (PIL's ``BILINEAR`` filter widens its
-support when shrinking); masks use nearest-neighbour interpolation and are binarised.
+support when shrinking); masks are binarised, then resized to the same ``size x size`` grid by area
+coverage (see :func:`load_mask`), so that a defect of a few pixels survives the shrinking.
 
 Deviation: a mask pixel counts as defective when its value is at least half of the mask's full
 scale, i.e. ``>= 128`` for 8-bit masks (MVTec masks are {0, 255}; masks resized with a smooth filter
 by third parties then still give the same region), ``>= 32768`` for 16-bit masks, and ``> 0`` for
-masks stored as {0, 1}.  We binarise at full resolution and then resize with nearest neighbour.
+masks stored as {0, 1}.  We binarise at full resolution and then resize.
+
+Choice: a shrunk mask pixel is defective when at least half of its area is covered by defective
+full-resolution pixels, and a defect region (8-connected) never vanishes: a region with no pixel
+left gets the one output pixel it covers most.  Nearest-neighbour shrinking, which we used before,
+emptied some masks of the offline ``mesh`` category at 128 px and up to about half of them at 48 px;
+such images keep label 1 with an empty mask, and pixel AUROC and PRO silently lose them.
 
 Defined in :doc:`/notebooks/00_data`.
 """
@@ -53,6 +60,7 @@ __all__ = [
     "find_category",
     "load_image",
     "load_mask",
+    "resize_mask",
     "MVTecDataset",
     "inspect_category",
 ]
@@ -292,16 +300,81 @@ def _binary_mask(im: Image.Image, path: Path) -> np.ndarray:
     return a >= full / 2.0
 
 
+def _axis_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) integer weights, each row summing to ``n_in``, that resize one axis.
+
+    Coordinates are in units of ``1 / n_out`` input pixels, so every overlap is an integer.
+    Shrinking (or equal size): output pixel ``i`` covers input ``[i * n_in, (i + 1) * n_in)`` and
+    input pixel ``r`` covers ``[r * n_out, (r + 1) * n_out)``; the weight is their overlap (exact
+    area average; the identity when ``n_in == n_out``).  Growing: nearest neighbour, the input
+    pixel under the output pixel's centre ``(i + 1/2) * n_in / n_out``, with weight ``n_in``; the
+    centres are summed up step by step in float64 exactly as PIL's ``Image.NEAREST`` does, so that
+    centres falling on a pixel boundary pick the same pixel as PIL (identical to the old loader).
+    Both keep PIL's pixel-centre convention, so the mask lands on the grid of the resized image.
+    """
+    w = np.zeros((n_out, n_in), np.float64)
+    i = np.arange(n_out)
+    if n_out > n_in:
+        step = n_in / n_out
+        centres = np.add.accumulate(np.r_[step * 0.5, np.full(n_out - 1, step)])
+        w[i, np.clip(centres.astype(np.int64), 0, n_in - 1)] = n_in
+        return w
+    lo = np.maximum(i[:, None] * n_in, np.arange(n_in)[None, :] * n_out)
+    hi = np.minimum((i[:, None] + 1) * n_in, (np.arange(n_in)[None, :] + 1) * n_out)
+    w[:] = np.maximum(hi - lo, 0)
+    return w
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a boolean (H, W) mask to (width, height) ``size`` by area coverage; see :func:`load_mask`."""
+    mask = np.asarray(mask, dtype=bool)
+    h, w = mask.shape
+    out_w, out_h = size
+    if (out_h, out_w) == (h, w):
+        return mask.copy()
+    wy, wx = _axis_weights(h, out_h), _axis_weights(w, out_w)
+    full = float(h) * float(w)  # the weight of a fully covered output pixel
+    # Integer-valued float64 products (< 2**53 for any realistic mask): the comparison is exact.
+    cover = wy @ mask.astype(np.float64) @ wx.T
+    out = 2.0 * cover >= full
+    if not mask.any():
+        return out
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        ys, xs = box
+        part = (labels[box] == k).astype(np.float64)
+        c = wy[:, ys] @ part @ wx[:, xs].T  # this region's coverage of every output pixel
+        if (out & (c > 0)).any():
+            continue  # the region still shows in the result
+        out[np.unravel_index(int(np.argmax(c)), c.shape)] = True
+    return out
+
+
 def load_mask(path: str | Path, size: int | None) -> torch.Tensor:
-    """Read a ground-truth mask, binarise it, resize with nearest neighbour; (S, S) float {0, 1}."""
+    """Read a ground-truth mask, binarise it, resize it to ``size x size``; (S, S) float {0, 1}.
+
+    ``size=None`` keeps the original size; a mask already ``size x size`` is returned unchanged.
+    The result lies on the same grid as :func:`load_image`'s output (pixel centres at
+    ``(i + 1/2) * scale``).  Each axis is resized separately:
+
+    * shrinking: an output pixel is defective when at least half of its area is covered by
+      defective full-resolution pixels (exact area average, threshold ``>= 1/2``);
+    * growing: nearest neighbour (every input pixel maps to at least one output pixel);
+    * and no defect region vanishes: for each 8-connected region of the full-resolution mask that
+      has no defective output pixel among those it covers, the output pixel that the region covers
+      most is set (the first one in raster order on ties).  A defect of one pixel therefore stays
+      one pixel, where it was, instead of disappearing (as nearest-neighbour shrinking would let
+      it), and a large region keeps its area to within the resampling error of its border.
+    """
     path = Path(path)
     im = _open(path)
     m = _binary_mask(im, path)
-    pil = Image.fromarray(m.astype(np.uint8) * 255, mode="L")
-    target = _square(size, pil)
-    if pil.size != target:
-        pil = pil.resize(target, Image.NEAREST)
-    return torch.from_numpy(np.asarray(pil) >= 128).float()
+    target = _square(size, im)
+    return torch.from_numpy(resize_mask(m, target)).float()
 
 
 # --------------------------------------------------------------------------------------------

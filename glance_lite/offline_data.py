@@ -26,15 +26,36 @@ Fig. 4):
   (second row: "the top cable should be in green color") and Fig. 4 (transistor shift, cable swap),
   which the global-local comparison (Global-Net versus Local-Net, Eq. 7 and Eq. 11-13) is built for.
 
-Exact masks.  Object images are rendered twice with the same random jitter: once defect-free (the
-*reference*) and once with the defect.  The mask is the footprint of every part whose placement or
+Two more texture categories stand for what real data does and the four above do not:
+
+* ``mesh`` -- **grey, fine and regular, with tiny defects** (the failure case of MVTec AD's ``grid``,
+  ``screw`` and ``zipper``: single-channel images whose defects cover a few pixels, so a model that
+  is not sharp at the pixel level, or a metric dominated by large defects, misses them).  A plain
+  weave of round wires (8 px period at 256x256) rendered with numpy, its wires given the grain of
+  ``gravel``; every image has another phase, a rotation of up to 3 degrees, a 2 % change of period,
+  a brightness change and sensor noise.  Written as 8-bit single-channel ('L') PNGs.  Defects at
+  256x256: a bright ``speck`` of dust (4-6 px across), one to three dark ``pit`` marks (3-5 px each), a
+  ``hairline`` scratch (2 px wide, 10-24 px long), a ``broken`` wire (a piece of one wire, 1-1.5
+  periods long, left out, so the hole or the crossing wire shows).  Masks cover 5-60 pixels.
+* ``plank`` -- **images of different sizes and aspect ratios** (the failure case of photographs in
+  their camera's frame, and of bringing one's own data: the loader squeezes every image into one
+  square, so the same material appears stretched by another factor in every image).  Wood grain
+  made from ``grass`` stretched along the board, with wavy growth rings, tinted brown, at the same
+  pixel scale in every image; height and width are each drawn between 0.6 and 1.3 of ``size`` and
+  never within 15 % of square.  Defects as for the other textures, masks the size of their image.
+
+Exact masks.  Texture masks are the pixels a defect was drawn on; a ``broken`` mesh wire is the set
+of pixels where the mesh rendered without that piece differs from the mesh rendered with it.
+Object images are rendered twice with the same random jitter: once defect-free (the *reference*)
+and once with the defect.  The mask is the footprint of every part whose placement or
 appearance changed, taken in *both* renderings (old and new position of a misplaced part, both slots
 of a swap, the insulation of a swapped or recoloured wire, all of a missing one).  Because parts never overlap and are pasted without
 blending, every pixel that differs between the two renderings lies inside the mask, and the mask is
 exact by construction.  Brightness jitter and sensor noise are applied after the mask is computed.
 
 Deviation: MVTec AD is photographed; this set is rendered from real photographs and textures with
-simple geometry (square component tiles on a printed board, a three-wire cable cross-section).
+simple geometry (square component tiles on a printed board, a three-wire cable cross-section, a
+woven mesh drawn with numpy).
 Texture train and test crops come from the same 512x512 source picture, so they may overlap; a
 model can not memorise a test crop but it has seen the same material.  The object masks follow the
 "footprint of the changed part" rule above, not a hand annotation.
@@ -65,6 +86,8 @@ __all__ = [
     "GENERATOR_VERSION",
     "OFFLINE_CATEGORIES",
     "OFFLINE_DEFECTS",
+    "GREY_CATEGORIES",
+    "VARIABLE_SIZE_CATEGORIES",
     "DEFAULT_COUNTS",
     "OfflineSample",
     "render_sample",
@@ -74,7 +97,7 @@ __all__ = [
     "read_manifest",
 ]
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 """Bumped whenever the rendering changes; :func:`ensure_offline` regenerates on a mismatch."""
 
 _GENERATOR_NAME = "glance_lite.offline_data"
@@ -84,6 +107,8 @@ OFFLINE_CATEGORIES: dict[str, str] = {
     "gravel": "texture",
     "board": "object",
     "cable": "object",
+    "mesh": "texture",
+    "plank": "texture",
 }
 """Category name -> ``"texture"`` (structural defects) or ``"object"`` (logical defects)."""
 
@@ -92,8 +117,16 @@ OFFLINE_DEFECTS: dict[str, list[str]] = {
     "gravel": ["stain", "scratch", "cut", "hole"],
     "board": ["misplaced", "swapped", "missing"],
     "cable": ["swapped", "recoloured", "missing"],
+    "mesh": ["speck", "pit", "hairline", "broken"],
+    "plank": ["stain", "scratch", "cut", "hole"],
 }
 """Category name -> its defect types (the folder names under ``test/`` and ``ground_truth/``)."""
+
+GREY_CATEGORIES: frozenset[str] = frozenset({"mesh"})
+"""Categories written as single-channel 8-bit ('L') PNGs, like MVTec AD's grid, screw and zipper."""
+
+VARIABLE_SIZE_CATEGORIES: frozenset[str] = frozenset({"plank"})
+"""Categories whose images differ in width, height and aspect ratio (each mask matches its image)."""
 
 DEFAULT_COUNTS: dict[str, int] = {"train": 60, "test_good": 10, "test_defect": 10}
 """Images per category: good training images, good test images, test images per defect type."""
@@ -109,7 +142,7 @@ class OfflineSample:
     it is empty for textures.
     """
 
-    image: np.ndarray  # uint8 (H, W, 3)
+    image: np.ndarray  # uint8 (H, W, 3); R = G = B for GREY_CATEGORIES; H != W for VARIABLE_SIZE_CATEGORIES
     mask: np.ndarray  # bool (H, W); all False for good images
     clean: np.ndarray  # uint8 (H, W, 3)
     reference: np.ndarray  # uint8 (H, W, 3)
@@ -204,6 +237,12 @@ _CABLE_COLOURS: dict[str, tuple[int, int, int]] = {
 }
 _CABLE_ORDER: tuple[str, ...] = ("green", "blue", "brown")  # top, lower right, lower left
 
+_MESH_PERIOD = 8.0  # wire spacing in pixels at 256x256 (never below 4 pixels)
+_MESH_WIRE = 0.33  # half the wire's thickness, as a fraction of the period
+
+_PLANK_RANGE = (0.6, 1.3)  # image height and width, as fractions of the nominal size
+_PLANK_MIN_ASPECT = 1.15  # width / height (or height / width) is at least this
+
 
 # ----------------------------------------------------------------------------------------------
 # small drawing helpers
@@ -216,14 +255,15 @@ def _scale(size: int, px_at_256: float, minimum: int = 1) -> int:
 
 
 @functools.lru_cache(maxsize=4)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel row and column coordinates, float32 (size, size)."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+def _grid(height: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel row and column coordinates, float32 (height, width); square when ``width`` is omitted."""
+    yy, xx = np.mgrid[0:height, 0:(height if width is None else width)].astype(np.float32)
     return yy, xx
 
 
-def _mask_canvas(size: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
-    im = Image.new("L", (size, size), 0)
+def _mask_canvas(img: np.ndarray) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    """An empty 'L' canvas the size of ``img`` (any shape (H, W, ...)) and a drawer for it."""
+    im = Image.new("L", (img.shape[1], img.shape[0]), 0)
     return im, ImageDraw.Draw(im)
 
 
@@ -275,14 +315,15 @@ def _texture_crop(category: str, size: int, rng: np.random.Generator) -> np.ndar
     return np.clip(crop + 0.5, 0, 255).astype(np.uint8)
 
 
-def _point(size: int, rng: np.random.Generator, margin: float = 0.15) -> np.ndarray:
-    return rng.uniform(margin * size, (1 - margin) * size, size=2)
+def _point(img: np.ndarray, rng: np.random.Generator, margin: float = 0.15) -> np.ndarray:
+    """A random (x, y) inside ``img`` at least ``margin`` of its width and height from the border."""
+    wh = np.array([img.shape[1], img.shape[0]], np.float64)
+    return rng.uniform(margin * wh, (1 - margin) * wh, size=2)
 
 
-def _defect_stain(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size = img.shape[0]
-    canvas, draw = _mask_canvas(size)
-    c = _point(size, rng)
+def _defect_stain(img: np.ndarray, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    canvas, draw = _mask_canvas(img)
+    c = _point(img, rng)
     for _ in range(int(rng.integers(3, 7))):
         o = c + rng.normal(0, 0.04 * size, size=2)
         ry, rx = rng.uniform(0.03, 0.08, size=2) * size
@@ -296,13 +337,13 @@ def _defect_stain(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray
     return _paste(img, mask, stained), mask
 
 
-def _defect_scratch(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size = img.shape[0]
-    canvas, draw = _mask_canvas(size)
-    p0 = _point(size, rng)
+def _defect_scratch(img: np.ndarray, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    canvas, draw = _mask_canvas(img)
+    p0 = _point(img, rng)
     length = rng.uniform(0.3, 0.55) * size
     ang = rng.uniform(0, 2 * math.pi)
-    p2 = np.clip(p0 + length * np.array([math.cos(ang), math.sin(ang)]), 2, size - 3)
+    far = np.array([img.shape[1], img.shape[0]], np.float64) - 3
+    p2 = np.clip(p0 + length * np.array([math.cos(ang), math.sin(ang)]), 2, far)
     mid = (p0 + p2) / 2
     normal = np.array([-(p2 - p0)[1], (p2 - p0)[0]]) / (np.linalg.norm(p2 - p0) + 1e-6)
     p1 = mid + normal * rng.uniform(-0.25, 0.25) * length
@@ -315,10 +356,9 @@ def _defect_scratch(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarr
     return _paste(img, mask, scratched), mask
 
 
-def _defect_cut(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size = img.shape[0]
-    canvas, draw = _mask_canvas(size)
-    c = _point(size, rng)
+def _defect_cut(img: np.ndarray, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    canvas, draw = _mask_canvas(img)
+    c = _point(img, rng)
     length = rng.uniform(0.15, 0.3) * size
     ang = rng.uniform(0, math.pi)
     u = np.array([math.cos(ang), math.sin(ang)])
@@ -335,18 +375,17 @@ def _defect_cut(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
     return _paste(img, mask, cut), mask
 
 
-def _defect_hole(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    size = img.shape[0]
-    c = _point(size, rng)
+def _defect_hole(img: np.ndarray, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    c = _point(img, rng)
     r = max(2.5, rng.uniform(0.04, 0.075) * size)
     ry, rx = r * rng.uniform(0.8, 1.2), r * rng.uniform(0.8, 1.2)
-    canvas, draw = _mask_canvas(size)
+    canvas, draw = _mask_canvas(img)
     rim = _scale(size, 2.0)
     draw.ellipse([c[0] - rx - rim, c[1] - ry - rim, c[0] + rx + rim, c[1] + ry + rim], fill=128)
     draw.ellipse([c[0] - rx, c[1] - ry, c[0] + rx, c[1] + ry], fill=255)
     lab = np.asarray(canvas, np.uint8)
     mask = lab > 0
-    yy, xx = _grid(size)
+    yy, xx = _grid(img.shape[0], img.shape[1])
     rr = np.sqrt(((xx - c[0]) / rx) ** 2 + ((yy - c[1]) / ry) ** 2)[..., None]
     f = img.astype(np.float32)
     inside = 0.08 * f + 25.0 * np.clip(rr, 0, 1)  # dark, a little lighter towards the rim
@@ -355,7 +394,7 @@ def _defect_hole(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
     return _paste(img, mask, out), mask
 
 
-_TEXTURE_DEFECTS: dict[str, Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]] = {
+_TEXTURE_DEFECTS: dict[str, Callable[[np.ndarray, np.random.Generator, int], tuple[np.ndarray, np.ndarray]]] = {
     "stain": _defect_stain,
     "scratch": _defect_scratch,
     "cut": _defect_cut,
@@ -367,9 +406,184 @@ def _render_texture(category: str, defect: str, size: int, rng: np.random.Genera
     ref = _texture_crop(category, size, rng)
     if defect == "good":
         return OfflineSample(ref, np.zeros((size, size), bool), ref, ref)
-    img, mask = _TEXTURE_DEFECTS[defect](ref, rng)
+    img, mask = _TEXTURE_DEFECTS[defect](ref, rng, size)
     if not mask.any():  # cannot happen with the radii above; kept as a guard for tiny sizes
         raise DatasetError(f"offline {category}/{defect}: empty defect at size {size}")
+    return OfflineSample(img, mask, img, ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# texture category "mesh": a grey woven wire mesh with defects a few pixels across
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _MeshPose:
+    """The random placement of one mesh image: wire period, rotation, phase and grain crop."""
+
+    period: float  # pixels from one wire to the next
+    angle: float  # radians
+    phase: tuple[float, float]  # along the two wire directions, in pixels
+    grain_offset: tuple[int, int]  # (row, column) of the crop in the 2x grain field
+
+
+def _mesh_pose(size: int, rng: np.random.Generator) -> _MeshPose:
+    period = max(4.0, _MESH_PERIOD * size / 256.0) * rng.uniform(0.98, 1.02)
+    angle = math.radians(rng.uniform(-3.0, 3.0))
+    phase = tuple(float(v) for v in rng.uniform(0.0, 2.0 * period, size=2))
+    offset = tuple(int(v) for v in rng.integers(0, size + 1, size=2))
+    return _MeshPose(period, angle, phase, offset)  # type: ignore[arg-type]
+
+
+def _render_mesh_field(size: int, pose: _MeshPose,
+                       gap: tuple[str, int, float, float] | None = None) -> np.ndarray:
+    """The grey mesh as float32 (size, size) in [25, 225], before gain and noise.
+
+    A plain weave: horizontal and vertical round wires, each going over and under the wires it
+    crosses in turn.  ``gap = (direction, wire, start, stop)`` leaves out one piece of a wire
+    (``"h"`` or ``"v"``, the wire's index, and where the piece starts and stops along the wire, in
+    periods): the ``broken`` defect.
+    """
+    yy, xx = _grid(size)
+    c = size / 2.0
+    cos_t, sin_t = math.cos(pose.angle), math.sin(pose.angle)
+    a = ((xx - c) * cos_t + (yy - c) * sin_t + pose.phase[0]) / pose.period  # along horizontal wires
+    b = (-(xx - c) * sin_t + (yy - c) * cos_t + pose.phase[1]) / pose.period  # along vertical wires
+    iu, iv = np.floor(a), np.floor(b)
+    prof_h = np.clip(1.0 - ((b - iv - 0.5) / _MESH_WIRE) ** 2, 0.0, 1.0)  # cross-section of wire iv
+    prof_v = np.clip(1.0 - ((a - iu - 0.5) / _MESH_WIRE) ** 2, 0.0, 1.0)  # cross-section of wire iu
+    if gap is not None:
+        direction, wire, start, stop = gap
+        if direction == "h":
+            prof_h = np.where((iv == wire) & (a >= start) & (a < stop), 0.0, prof_h)
+        else:
+            prof_v = np.where((iu == wire) & (b >= start) & (b < stop), 0.0, prof_v)
+    # height of each wire along its length: up where it passes over a crossing wire, down under it
+    h_h = np.cos(np.pi * (a - 0.5 - iv))
+    h_v = -np.cos(np.pi * (b - 0.5 - iu))
+    z_h = np.where(prof_h > 0, h_h + 0.5 * prof_h, -9.0)
+    z_v = np.where(prof_v > 0, h_v + 0.5 * prof_v, -9.0)
+    lit_h = np.sqrt(prof_h) * (0.72 + 0.14 * (h_h + 1.0))
+    lit_v = np.sqrt(prof_v) * (0.72 + 0.14 * (h_v + 1.0))
+    val = np.where((prof_h > 0) & (z_h >= z_v), lit_h, np.where(prof_v > 0, lit_v, 0.0))
+    oy, ox = pose.grain_offset
+    grain = _grey_field("gravel", 2 * size)[oy : oy + size, ox : ox + size]
+    return np.clip(32.0 + 6.0 * grain + (178.0 + 12.0 * grain) * val, 25.0, 225.0).astype(np.float32)
+
+
+def _mesh_paint(grey: np.ndarray, mask: np.ndarray, new: np.ndarray) -> np.ndarray:
+    out = grey.copy()
+    out[mask] = new[mask]
+    return out
+
+
+def _render_mesh(defect: str, size: int, rng: np.random.Generator) -> OfflineSample:
+    pose = _mesh_pose(size, rng)
+    gain = rng.uniform(0.92, 1.08)
+    ref = np.clip(_render_mesh_field(size, pose) + 0.5, 0, 255).astype(np.uint8)
+    f = ref.astype(np.float32)
+    lo, hi = 0.1 * size, 0.9 * size
+    if defect == "good":
+        clean, mask = ref, np.zeros((size, size), bool)
+    elif defect in ("speck", "pit"):
+        canvas, draw = _mask_canvas(ref)
+        c = rng.uniform(lo, hi, size=2)
+        n = 1 if defect == "speck" else int(rng.integers(1, 4))
+        r_lo, r_hi = (1.2, 2.4) if defect == "speck" else (0.9, 1.8)
+        for _ in range(n):
+            o = c + (rng.uniform(-4.0, 4.0, size=2) * size / 256.0 if n > 1 else 0.0)
+            ry, rx = (max(1.0, v * size / 256.0) for v in rng.uniform(r_lo, r_hi, size=2))
+            draw.ellipse([o[0] - rx, o[1] - ry, o[0] + rx, o[1] + ry], fill=255)
+        mask = _as_bool(canvas)
+        new = 0.25 * f + 0.75 * 248.0 if defect == "speck" else 0.2 * f + 6.0  # dust / a dark pit
+        clean = np.clip(_mesh_paint(f, mask, new) + 0.5, 0, 255).astype(np.uint8)
+    elif defect == "hairline":
+        canvas, draw = _mask_canvas(ref)
+        p0 = rng.uniform(lo, hi, size=2)
+        length = rng.uniform(10.0, 24.0) * size / 256.0
+        ang = rng.uniform(0, 2 * math.pi)
+        p1 = np.clip(p0 + length * np.array([math.cos(ang), math.sin(ang)]), 1, size - 2)
+        draw.line([tuple(p0), tuple(p1)], fill=255, width=_scale(size, 1.5, minimum=2))
+        mask = _as_bool(canvas)
+        clean = np.clip(_mesh_paint(f, mask, 0.3 * f + 0.7 * 240.0) + 0.5, 0, 255).astype(np.uint8)
+    elif defect == "broken":
+        x, y = rng.uniform(lo, hi, size=2)
+        c = size / 2.0
+        cos_t, sin_t = math.cos(pose.angle), math.sin(pose.angle)
+        a = ((x - c) * cos_t + (y - c) * sin_t + pose.phase[0]) / pose.period
+        b = (-(x - c) * sin_t + (y - c) * cos_t + pose.phase[1]) / pose.period
+        length = rng.uniform(1.0, 1.5)
+        if rng.random() < 0.5:
+            gap = ("h", int(math.floor(b)), a - length / 2, a + length / 2)
+        else:
+            gap = ("v", int(math.floor(a)), b - length / 2, b + length / 2)
+        clean = np.clip(_render_mesh_field(size, pose, gap) + 0.5, 0, 255).astype(np.uint8)
+        mask = clean != ref  # the visible part of the missing wire piece, exactly
+    else:
+        raise GlanceError(f"unknown mesh defect {defect!r}")
+    if defect != "good" and not mask.any():  # cannot happen with the radii above; a guard
+        raise DatasetError(f"offline mesh/{defect}: empty defect at size {size}")
+    out = clean.astype(np.float32) * gain + 2.0 * rng.standard_normal(size=clean.shape, dtype=np.float32)
+    image = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    grey3 = lambda g: np.repeat(g[..., None], 3, axis=2)  # noqa: E731 - R = G = B
+    return OfflineSample(grey3(image), mask, grey3(clean), grey3(ref))
+
+
+# ----------------------------------------------------------------------------------------------
+# texture category "plank": wood grain, every image another size and aspect ratio
+# ----------------------------------------------------------------------------------------------
+
+
+def _plank_shape(size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """(height, width) between 0.6 and 1.3 of ``size`` each, never close to square."""
+    while True:
+        fh, fw = rng.uniform(_PLANK_RANGE[0], _PLANK_RANGE[1], size=2)
+        if abs(math.log(fw / fh)) >= math.log(_PLANK_MIN_ASPECT):
+            return max(16, int(round(fh * size))), max(16, int(round(fw * size)))
+
+
+def _plank_crop(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A wood-grain picture (H, W, 3) of random shape; the grain has the same pixel scale at any shape.
+
+    The fibres are scikit-image's ``grass`` stretched about four times along the board, the growth
+    rings a wavy sine across it, tinted brown.
+    """
+    h, w = _plank_shape(size, rng)
+    src = Image.fromarray(_skimage("grass"))
+    W, H = src.size
+    s = (256.0 / size) * rng.uniform(0.95, 1.05)
+    sx, sy = 0.22 * s, 0.9 * s  # source pixels per output pixel, along and across the grain
+    angle = math.radians(rng.uniform(-3.0, 3.0))
+    a, b = sx * math.cos(angle), -sy * math.sin(angle)
+    d, e = sx * math.sin(angle), sy * math.cos(angle)
+    ex = 0.5 * (abs(a) * w + abs(b) * h) + 2.0
+    ey = 0.5 * (abs(d) * w + abs(e) * h) + 2.0
+    cx, cy = rng.uniform(ex, W - ex), rng.uniform(ey, H - ey)
+    coeffs = (a, b, cx - a * w / 2 - b * h / 2, d, e, cy - d * w / 2 - e * h / 2)
+    fibre = np.asarray(src.transform((w, h), Image.AFFINE, coeffs, Image.BICUBIC), np.float32)
+    fibre = (fibre - fibre.mean()) / (fibre.std() + 1e-6)
+    yy, xx = _grid(h, w)
+    ring_period = rng.uniform(14.0, 20.0) * size / 256.0
+    wave = rng.uniform(150.0, 260.0) * size / 256.0
+    phase = rng.uniform(0, 2 * math.pi, size=2)
+    rings = np.sin(2 * np.pi * yy / ring_period + phase[0] + 1.5 * np.sin(2 * np.pi * xx / wave + phase[1]) + 0.35 * fibre)
+    grey = np.clip(0.5 + 0.12 * fibre + 0.15 * rings, 0, 1)
+    img = _tint((grey * 255 + 0.5).astype(np.uint8), (85, 48, 22), (225, 170, 110)).astype(np.float32)
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+    if rng.random() < 0.5:
+        img = img[::-1, :]
+    img = img * rng.uniform(0.9, 1.1)
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def _render_plank(defect: str, size: int, rng: np.random.Generator) -> OfflineSample:
+    ref = _plank_crop(size, rng)
+    if defect == "good":
+        return OfflineSample(ref, np.zeros(ref.shape[:2], bool), ref, ref)
+    img, mask = _TEXTURE_DEFECTS[defect](ref, rng, size)
+    if not mask.any():  # cannot happen with the radii above; kept as a guard for tiny sizes
+        raise DatasetError(f"offline plank/{defect}: empty defect at size {size}")
     return OfflineSample(img, mask, img, ref)
 
 
@@ -568,7 +782,9 @@ def render_sample(category: str, defect: str = "good", index: int = 0, seed: int
     """Render one image of an offline category, deterministically from (seed, category, split, defect, index).
 
     ``defect`` is ``"good"`` or one of ``OFFLINE_DEFECTS[category]``; ``split`` is ``"train"`` or
-    ``"test"`` (it only selects another random stream).  This is what :func:`make_offline` writes.
+    ``"test"`` (it only selects another random stream).  This is what :func:`make_offline` writes
+    (single-channel for :data:`GREY_CATEGORIES`).  ``size`` is the side of every image, except for
+    :data:`VARIABLE_SIZE_CATEGORIES`, whose height and width vary around it.
     """
     if category not in OFFLINE_CATEGORIES:
         raise GlanceError(f"unknown offline category {category!r}; choose one of {sorted(OFFLINE_CATEGORIES)}")
@@ -581,6 +797,10 @@ def render_sample(category: str, defect: str = "good", index: int = 0, seed: int
     if size < 32:
         raise GlanceError(f"size must be at least 32 pixels, not {size}")
     rng = _rng(seed, category, split, defect, index)
+    if category == "mesh":
+        return _render_mesh(defect, size, rng)
+    if category == "plank":
+        return _render_plank(defect, size, rng)
     if OFFLINE_CATEGORIES[category] == "texture":
         return _render_texture(category, defect, size, rng)
     if category == "board":
@@ -626,7 +846,9 @@ def _manifest(seed: int, size: int, counts: dict[str, int]) -> dict:
     for name, kind in OFFLINE_CATEGORIES.items():
         per = {"train/good": counts["train"], "test/good": counts["test_good"]}
         per.update({f"test/{d}": counts["test_defect"] for d in OFFLINE_DEFECTS[name]})
-        cats[name] = {"type": kind, "defects": list(OFFLINE_DEFECTS[name]), "counts": per}
+        cats[name] = {"type": kind, "defects": list(OFFLINE_DEFECTS[name]), "counts": per,
+                      "mode": "L" if name in GREY_CATEGORIES else "RGB",
+                      "image_size": "varies" if name in VARIABLE_SIZE_CATEGORIES else "fixed"}
     return {
         "generator": _GENERATOR_NAME,
         "version": GENERATOR_VERSION,
@@ -699,7 +921,11 @@ def make_offline(out: str | os.PathLike, seed: int = 0, size: int = 256, progres
                         continue
                     s = render_sample(name, defect, i, seed=seed, size=size, split=split)
                     stem = f"{i:03d}"
-                    _write(tmp / split / defect / f"{stem}.png", _png_bytes(s.image, "RGB"))
+                    if name in GREY_CATEGORIES:  # R = G = B: one channel on disk
+                        png = _png_bytes(np.ascontiguousarray(s.image[..., 0]), "L")
+                    else:
+                        png = _png_bytes(s.image, "RGB")
+                    _write(tmp / split / defect / f"{stem}.png", png)
                     if defect != "good":
                         m = s.mask.astype(np.uint8) * 255
                         _write(tmp / "ground_truth" / defect / f"{stem}_mask.png", _png_bytes(m, "L"))

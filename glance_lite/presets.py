@@ -66,6 +66,11 @@ class Preset:
     """Natural-image patches whose teacher features are cached for distillation. ours."""
     pretrain_steps: int = 50_000
     """Optimiser steps of Local-Net distillation on natural images. UniStud: 50k iterations."""
+    pretrained: str = "shipped"
+    """Where stage 1 comes from: ``shipped`` loads the Local-Net distilled once and shipped in the
+    package (:mod:`glance_lite.shipped`) when one matches the patch size, descriptor dimension,
+    teacher and teacher input size, and distils ``pretrain_steps`` here otherwise; ``none`` always
+    distils here. ours (the paper distils once and fine-tunes per category, Sec. 4.2)."""
     finetune_patches: int = 20_000
     """Patches cropped from the category's good images for fine-tuning. ours."""
     finetune_steps: int = 10_000
@@ -83,6 +88,11 @@ class Preset:
     """Weight of l_DAD in Eq. 10. ours (paper gives no value)."""
     global_steps: int = 30_000
     """Optimiser steps of joint Global-Net + DAD training. ours."""
+    global_holes: int = 1
+    """Holes per training image per joint step. 1: one masked copy per sample, as the paper describes.
+    K > 1: each step takes ``batch_size // K`` images and K holes in each, computed with the exact
+    incremental Global-Net (:mod:`glance_lite.fast_features`), which costs little more than one full
+    pass per image, so the Global-Net sees several times more holes for the same time. ours."""
 
     # --- scoring (Eq. 11-13) and maps ----------------------------------------------------------
     lambda_s: float = 0.8
@@ -91,6 +101,11 @@ class Preset:
     """Stride of the raster scan of patches (Fig. 2b). ours."""
     idw_power: float = 2.0
     """Power of the inverse-distance weights. ours (Shepard's classic choice)."""
+    score_norm: str = "none"
+    """Which maps are the headline result: ``none`` (the paper's plain Eq. 13), ``zscore`` (each head
+    standardised with the mean and std of its patch scores on training images) or ``position`` (each
+    head's per-grid-position mean on training images subtracted, then divided by its std). Every
+    evaluation reports all three; this field only picks the headline. ours."""
     idw_neighbours: int = 9
     """Patch centres used per pixel by the IDW interpolation. ours."""
 
@@ -155,6 +170,7 @@ PRESETS: dict[str, Preset] = {
         teacher_input_size=64,
         pretrain_patches=64,
         pretrain_steps=8,
+        pretrained="none",
         finetune_patches=32,
         finetune_steps=4,
         global_channels=(8, 8, 16, 16, 16, 32, 32),

@@ -19,9 +19,9 @@ The anomaly score of a patch is the regression error plus the predictive varianc
 with ``mean_e, std_e, mean_v, std_v`` taken over every raster-grid patch of held-out *training*
 images (never test images).  Patch scores are computed on the same raster grid as glance-lite
 (:func:`glance_lite.scoring.patch_grid`, stride ``preset.score_stride``) with the same exact
-fully-convolutional feature extraction (:func:`glance_lite.scoring.local_features_at`, which falls
+fully-convolutional feature extraction (:func:`glance_lite.fast_features.local_features_at`, which falls
 back to :meth:`~glance_lite.local_net.LocalNet.dense`), and turned into a per-pixel map with the same
-inverse-distance-weighted interpolation (:func:`glance_lite.scoring.idw_interpolate`), so that both
+inverse-distance-weighted interpolation (:func:`glance_lite.idw.idw_interpolate`), so that both
 methods differ only in how a patch is scored.
 
 Design decisions (each a deviation from Uninformed Students, for the book's errata page):
@@ -206,7 +206,7 @@ class StudentEnsemble(nn.Module):
 
     def raw_scores_at(self, teacher: LocalNet, images: Tensor, tops: Tensor, lefts: Tensor) -> tuple[Tensor, Tensor]:
         """Unnormalised ``(e, v)``, each ``(B, len(tops), len(lefts))``, of the grid patches."""
-        from .scoring import local_features_at
+        from .fast_features import local_features_at
 
         with torch.no_grad():
             y = local_features_at(teacher, images, tops, lefts).permute(0, 2, 3, 1)  # B,gh,gw,n
@@ -556,7 +556,8 @@ def student_maps(
     ``local_net`` is the teacher (the run's fine-tuned Local-Net).  ``power`` / ``neighbours``
     default to ``preset.idw_power`` / ``preset.idw_neighbours``.
     """
-    from .scoring import idw_interpolate, patch_centres
+    from .idw import idw_interpolate
+    from .scoring import patch_centres
 
     sc = student_patch_scores(ensemble, local_net, images, stride)
     pr = ensemble.preset

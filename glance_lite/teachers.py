@@ -417,7 +417,7 @@ def load_teacher(
 
 @torch.no_grad()
 def teacher_features(
-    teacher: nn.Module, patches: Tensor, batch_size: int = 256, progress: bool = True
+    teacher: nn.Module, patches: Tensor, batch_size: int = 32, progress: bool = True
 ) -> Tensor:
     """Teacher features of many patches, computed in batches without gradients.
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -144,3 +145,39 @@ def test_readme_commands_parse():
     assert len(lines) >= 5
     for ln in lines:
         build_parser().parse_args(shlex.split(ln)[1:])
+
+
+def test_evaluation_reports_every_normalisation_fitted_on_training_images(tmp_path, capsys, monkeypatch):
+    import glance_lite.scoring as scoring
+
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
+    root = _tiny_dataset(tmp_path / "ds", n_train=7)
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(root), "--category", "widget", "--out", str(run), "--preset", "smoke",
+                 "--set", "score_norm=position", "--name", "smoke-pos", "--quiet"]) == 0
+    seen = []
+    real = scoring.fit_score_normaliser
+
+    def spy(model, imgs, *a, **k):
+        seen.append(imgs.clone())
+        return real(model, imgs, *a, **k)
+
+    monkeypatch.setattr(scoring, "fit_score_normaliser", spy)
+    assert main(["evaluate", str(run), "--data", str(root), "--category", "widget", "--quiet"]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert set(m["normalisations"]) == {"none", "zscore", "position"} and m["score_norm"] == "position"
+    assert m["AU-PRO"] == m["normalisations"]["position"]["AU-PRO"]
+    assert m["heads"]["iad_only"] == m["normalisations"]["position"]["iad_only"]
+    # the normaliser saw the 7 training images (16 at most, spread over the set), no test image
+    from glance_lite.mvtec import find_category
+    from glance_lite.presets import get_preset
+    from glance_lite.training import load_train_images
+
+    train = load_train_images(find_category(root, "widget"), get_preset("smoke"))
+    assert len(seen) == 1 and torch.equal(seen[0], train)
+    stats = json.loads((run / "score_stats.json").read_text())
+    assert stats["method"] == "position" and stats["n_images"] == 7
+    # predict uses the same statistics (read back, not refitted)
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(root / "widget" / "test" / "dent"), "--out", str(out), "--quiet"]) == 0
+    assert len(seen) == 1

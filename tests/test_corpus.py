@@ -29,7 +29,7 @@ def test_skimage_photos_load_without_network(monkeypatch: pytest.MonkeyPatch) ->
         raise OSError("network disabled in this test")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    corpus._skimage_photos.cache_clear()
+    corpus._bundled_photos.cache_clear()
     imgs = natural_images()
     assert len(imgs) >= 12
     for im in imgs:

@@ -127,7 +127,7 @@ def test_load_image_resizes_and_keeps_content(tmp_path: Path) -> None:
     assert t0.shape == (3, 10, 30)
 
 
-def test_load_mask_nearest_and_binarised(tmp_path: Path) -> None:
+def test_load_mask_binarised(tmp_path: Path) -> None:
     a = np.zeros((40, 40), np.uint8)
     a[0:20, 0:20] = 255  # defect
     a[20:40, 20:40] = 100  # below half scale: not a defect
@@ -142,6 +142,98 @@ def test_load_mask_nearest_and_binarised(tmp_path: Path) -> None:
     expected = torch.zeros(10, 10)
     expected[:5, :5] = 1
     assert torch.equal(load_mask(tmp_path / "m01.png", 10), expected)
+
+
+def _save_mask(path: Path, m: np.ndarray) -> Path:
+    Image.fromarray(m.astype(np.uint8) * 255, mode="L").save(path)
+    return path
+
+
+def _nearest(m: np.ndarray, size: int) -> np.ndarray:
+    """The old loader: PIL nearest neighbour on the binary mask."""
+    return np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) >= 128
+
+
+def test_tiny_defects_survive_shrinking(tmp_path: Path) -> None:
+    from scipy import ndimage
+
+    n, S = 256, 48
+    f = n / S
+    m = np.zeros((n, n), bool)
+    m[100, 201] = True  # a one-pixel speck
+    m[31:34, 147:150] = True  # a 3x3 pit
+    # the case is discriminating: nearest-neighbour shrinking loses both defects
+    assert not _nearest(m, S).any()
+    out = load_mask(_save_mask(tmp_path / "m.png", m), S).numpy() > 0
+    labels, k = ndimage.label(out, structure=np.ones((3, 3)))
+    assert k == 2 and out.sum() <= 4
+    # component centres, in input pixels (output pixel i spans input [i * f, (i + 1) * f))
+    centres = (np.array(ndimage.center_of_mass(out, labels, [1, 2])) + 0.5) * f
+    for y, x in [(100.5, 201.5), (32.5, 148.5)]:  # defect centres, in input pixels
+        d = np.abs(centres - [y, x]).max(1)
+        assert d.min() <= f, (y, x, centres)  # within one output pixel of where it was
+    # many specks, each its own region, none lost, at 48 (smoke) and 128 (cpu)
+    rng = np.random.default_rng(0)
+    m = np.zeros((n, n), bool)
+    pts = [(int(yy) + rng.integers(0, 8), int(xx) + rng.integers(0, 8))
+           for yy in range(4, 240, 24) for xx in range(4, 240, 24)]
+    for yy, xx in pts:
+        m[yy, xx] = True
+    path = _save_mask(tmp_path / "specks.png", m)
+    for size in (48, 128):
+        out = load_mask(path, size).numpy() > 0
+        assert ndimage.label(out, structure=np.ones((3, 3)))[1] == len(pts)
+        g = n / size
+        for yy, xx in pts:
+            assert out[int((yy + 0.5) // g), int((xx + 0.5) // g)], (size, yy, xx)
+    assert not _nearest(m, 48).all()  # (nearest loses most of them)
+
+
+def test_shrunk_mask_keeps_its_area(tmp_path: Path) -> None:
+    yy, xx = np.mgrid[:256, :256]
+    shapes = {
+        "disc": (yy - 117.3) ** 2 + (xx - 140.8) ** 2 <= 61.0**2,
+        "box": (yy >= 37) & (yy < 151) & (xx >= 19) & (xx < 203),
+        "band": np.abs(yy - 0.6 * xx - 50) < 9,
+    }
+    for name, m in shapes.items():
+        path = _save_mask(tmp_path / f"{name}.png", m)
+        for S in (48, 100, 128):
+            out = load_mask(path, S).numpy()
+            area = out.mean() * 256 * 256
+            assert abs(area - m.sum()) <= 0.05 * m.sum(), (name, S, area, int(m.sum()))
+
+
+def test_mask_of_target_size_is_unchanged(tmp_path: Path) -> None:
+    m = np.random.default_rng(1).random((48, 48)) < 0.1  # many isolated pixels
+    path = _save_mask(tmp_path / "m.png", m)
+    assert np.array_equal(load_mask(path, 48).numpy() > 0, m)
+    assert np.array_equal(load_mask(path, None).numpy() > 0, m)
+
+
+def test_growing_a_mask_is_nearest_neighbour(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    for h, w, S in [(10, 10, 40), (7, 7, 48), (20, 13, 48), (33, 45, 128)]:
+        m = rng.random((h, w)) < 0.3
+        m[0, 0] = True
+        expected = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((S, S), Image.NEAREST)) >= 128
+        assert np.array_equal(load_mask(_save_mask(tmp_path / "m.png", m), S).numpy() > 0, expected), (h, w, S)
+
+
+def test_mask_and_image_share_the_grid(tmp_path: Path) -> None:
+    # A non-square image with a white L-shape on black, its mask the same L: after resizing both to
+    # 48x48 the mask covers the bright pixels (a flip, transpose or half-pixel shift would not).
+    a = np.zeros((120, 200), bool)
+    a[23:71, 37:91] = True
+    a[60:100, 37:160] = True
+    Image.fromarray(a.astype(np.uint8) * 255).convert("RGB").save(tmp_path / "img.png")
+    _save_mask(tmp_path / "mask.png", a)
+    for S in (48, 128, 256):
+        img = load_image(tmp_path / "img.png", S).mean(0) > 0.5
+        mask = load_mask(tmp_path / "mask.png", S) > 0
+        assert img.shape == mask.shape == (S, S)
+        iou = (img & mask).sum().item() / (img | mask).sum().item()
+        assert iou >= 0.95, (S, iou)
 
 
 def test_dataset_items_and_max_images(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glance_lite import scoring
+from glance_lite import idw, scoring
 from glance_lite.fileio import GlanceError
 from glance_lite.global_net import GlobalNet, hole_mask
 from glance_lite.local_net import LocalNet
@@ -173,8 +173,8 @@ def test_idw_geometry_is_cached_and_all_neighbours_work_in_chunks(monkeypatch):
     assert idw_weights(cy, cx, 24, 24, 2.0, 9)[1] is w1[1]
     s = torch.randn(2, len(tops), len(lefts))
     small = idw_interpolate(s, cy, cx, 24, 24, neighbours=None)
-    monkeypatch.setattr(scoring, "_IDW_DENSE_LIMIT", 10)  # force the uncached chunked path
-    monkeypatch.setattr(scoring, "_IDW_CHUNK", 500)
+    monkeypatch.setattr(idw, "_IDW_DENSE_LIMIT", 10)  # force the uncached chunked path
+    monkeypatch.setattr(idw, "_IDW_CHUNK", 500)
     assert torch.allclose(idw_interpolate(s, cy, cx, 24, 24, neighbours=0), small, atol=1e-6)
 
 
@@ -352,3 +352,52 @@ def test_idw_grid_shortcut_equals_brute_force_over_all_centres(h, w, p, s, k):
     scoring.clear_idw_cache()
     brute = idw_interpolate(sc.reshape(2, -1), gy.reshape(-1), gx.reshape(-1), h, w, neighbours=k)
     assert torch.allclose(fast, brute, atol=1e-6)
+
+
+@pytest.mark.parametrize("h,w,p", [(48, 48, 17), (70, 131, 33)])
+def test_differentiable_incremental_global_net_matches_values_and_gradients(h, w, p):
+    # the joint stage's many-holes path (preset.global_holes > 1) trains through this function:
+    # its values AND its gradients must be those of one plain masked forward per hole
+    torch.manual_seed(3)
+    net = GlobalNet(channels=(4, 6, 5, 8, 8, 8, 6), strides=(2, 1, 2, 1, 2, 1, 2), dim=12)
+    g = torch.Generator().manual_seed(4)
+    img = torch.rand(1, 3, h, w, generator=g)
+    tops = torch.cat([torch.randint(0, h - p + 1, (9,), generator=g), torch.tensor([0, h - p])])
+    lefts = torch.cat([torch.randint(0, w - p + 1, (9,), generator=g), torch.tensor([w - p, 0])])
+    weights = torch.randn(len(tops), 12, generator=g)
+    got = global_features_incremental(net, img, tops, lefts, p, batch_size=4, differentiable=True)
+    (got * weights).sum().backward()
+    g_inc = [q.grad.clone() for q in net.parameters()]
+    net.zero_grad()
+    ref = net(img.expand(len(tops), -1, -1, -1), hole_mask((h, w), tops, lefts, p))
+    (ref * weights).sum().backward()
+    assert torch.allclose(got, ref, atol=1e-5)
+    for a, b in zip(g_inc, (q.grad for q in net.parameters())):
+        assert torch.allclose(a, b, atol=1e-4 * float(b.abs().max()) + 1e-6)
+
+
+def test_position_normaliser_removes_what_every_training_image_shares(smoke_model, smoke_images):
+    from glance_lite.scoring import normalised_head_maps
+
+    train = torch.rand(4, 3, 48, 48, generator=torch.Generator().manual_seed(6))
+    stats = fit_score_normaliser(smoke_model, train, method="position")
+    sc = score_patches(smoke_model, train)
+    pi, pd = normalise_scores(sc["s_iad"], sc["s_dad"], stats)
+    # on the training images, every grid position now has mean 0 and the residual unit spread
+    assert torch.allclose(pi.mean(0), torch.zeros_like(pi[0]), atol=1e-4)
+    assert float(pi.std()) == pytest.approx(1.0, rel=0.05)
+    # an error that every training image makes at one place is gone; a new one at that place stays
+    bumped = sc["s_iad"].clone()
+    bumped[:, 0, 0] += 5.0
+    st2 = dict(stats, iad=dict(stats["iad"], position_mean=bumped.double().mean(0).tolist()))
+    assert torch.allclose(normalise_scores(bumped, sc["s_dad"], st2)[0], pi, atol=1e-4)
+    # the maps of each method come from one scoring pass and agree with normalise-then-IDW
+    maps = normalised_head_maps(smoke_model, smoke_images, stats)
+    raw = head_maps(smoke_model, smoke_images)
+    assert torch.allclose(maps["none"]["iad"], raw["iad"], atol=1e-6)
+    z = head_maps(smoke_model, smoke_images, normalise=dict(stats, method="zscore"))
+    assert torch.allclose(maps["zscore"]["dad"], z["dad"], atol=1e-5)
+    pos = head_maps(smoke_model, smoke_images, normalise=stats)
+    assert torch.allclose(maps["position"]["iad"], pos["iad"], atol=1e-5)
+    with pytest.raises(ScoringError, match="grid"):
+        normalise_scores(sc["s_iad"][:, :2, :2], sc["s_dad"][:, :2, :2], stats)

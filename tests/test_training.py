@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from glance_lite.model import GlanceModel
@@ -32,8 +33,9 @@ def test_crop_patches_matches_slicing():
         assert torch.equal(out[k], x[i, :, t : t + 7, l : l + 7])
 
 
-def test_global_stage_resumes_exactly(tmp_path):
-    p = get_preset("smoke").replace(global_steps=6, checkpoint_every=2)
+@pytest.mark.parametrize("holes", [1, 4])
+def test_global_stage_resumes_exactly(tmp_path, holes):
+    p = get_preset("smoke").replace(global_steps=6, checkpoint_every=2, global_holes=holes)
     imgs = _images()
     # uninterrupted
     m1 = _model(p)
@@ -87,8 +89,10 @@ def test_no_gradient_reaches_the_local_net(tmp_path):
     assert any(not torch.equal(v, g_before[k]) for k, v in m.global_net.state_dict().items())
 
 
-def test_joint_loss_decreases(tmp_path):
-    p = get_preset("smoke").replace(global_steps=60, checkpoint_every=1000, lr=3e-3, batch_size=16)
+@pytest.mark.parametrize("holes", [1, 4])
+def test_joint_loss_decreases(tmp_path, holes):
+    p = get_preset("smoke").replace(global_steps=60, checkpoint_every=1000, lr=3e-3, batch_size=16,
+                                    global_holes=holes)
     m = _model(p)
     h = train_global(m, _images(8), tmp_path, progress=False)
     loss = h.column("loss")
@@ -119,3 +123,30 @@ def test_global_stage_trains_on_every_scored_hole_position(tmp_path, monkeypatch
     train_global(m, _images(n=3, s=46), tmp_path / "run", progress=False)
     gt, gl = patch_grid(46, 46, 33, m.local_net.stride)
     assert seen_t == set(gt.tolist()) and seen_l == set(gl.tolist()), (sorted(seen_t), gt.tolist())
+
+
+def test_many_holes_per_image_use_the_incremental_global_net(tmp_path, monkeypatch):
+    # global_holes=4 with a batch of 8: two images per step, four holes in each, Z_g from the
+    # differentiable incremental Global-Net (no full masked copy per hole)
+    import glance_lite.training as tr
+
+    p = get_preset("smoke").replace(global_steps=3, batch_size=8, global_holes=4, checkpoint_every=100)
+    m = _model(p)
+    calls = []
+    real = tr.global_features_incremental
+
+    def spy(net, image, tops, lefts, patch, batch_size=256, differentiable=False):
+        calls.append((image.shape[0], len(tops), differentiable))
+        return real(net, image, tops, lefts, patch, batch_size=batch_size, differentiable=differentiable)
+
+    monkeypatch.setattr(tr, "global_features_incremental", spy)
+    monkeypatch.setattr(tr, "hole_mask", lambda *a, **k: (_ for _ in ()).throw(AssertionError("full pass")))
+    train_global(m, _images(), tmp_path / "run", progress=False)
+    assert calls == [(1, 4, True)] * 6
+
+
+def test_global_holes_must_be_positive(tmp_path):
+    from glance_lite.fileio import GlanceError
+
+    with pytest.raises(GlanceError, match="global_holes"):
+        train_global(_model(get_preset("smoke").replace(global_holes=0)), _images(), tmp_path, progress=False)

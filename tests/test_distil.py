@@ -1,0 +1,118 @@
+"""The long distillation (``glance-lite pretrain``) and the shipped Local-Net weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import glance_lite.shipped as shipped
+import glance_lite.teachers as teachers
+from glance_lite.distil import DistilSettings, distil, lr_schedule, split_corpus
+from glance_lite.fileio import GlanceError
+from glance_lite.presets import get_preset
+from glance_lite.training import pretrain_local
+
+TINY = DistilSettings(steps=6, n_patches=48, batch_size=8, lr=3e-4, warmup=2, n_heldout=16, eval_every=3, chunk=32)
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("distil")
+    prov = distil(get_preset("smoke"), out / "work", TINY, progress=False, command="test")
+    return out / "work", prov
+
+
+def test_provenance_describes_what_ships(distilled: tuple[Path, dict]) -> None:
+    work, prov = distilled
+    pt = work / f"{prov['name']}.pt"
+    assert prov["sha256"] == shipped.sha256_file(pt) and prov["size_bytes"] == pt.stat().st_size
+    assert [c["step"] for c in prov["curve"]] == [3, 6]
+    assert prov["steps"] == 6 and prov["teacher_input_size"] == 64 and prov["patch_size"] == 17
+    held, train = set(prov["corpus"]["heldout_photos"]), set(prov["corpus"]["train_photos"])
+    assert len(held) >= 2 and not held & train
+    for key in ("distillation", "compactness"):
+        assert 0 < prov["heldout"][key] < 10
+    # float16 on disk
+    raw = torch.load(pt, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in raw["local_net"].values())
+
+
+def test_rerun_resumes_without_recomputing(distilled: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    work, prov = distilled
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("teacher features recomputed")
+
+    monkeypatch.setattr(teachers, "teacher_features", boom)
+    again = distil(get_preset("smoke"), work, TINY, progress=False, command="test")
+    assert again["sha256"] == prov["sha256"] and again["curve"] == prov["curve"]
+
+
+def test_fit_starts_from_shipped_weights(distilled: tuple[Path, dict], tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    work, prov = distilled
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    for ext in (".pt", ".json"):
+        (wdir / f"{prov['name']}{ext}").write_bytes((work / f"{prov['name']}{ext}").read_bytes())
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", wdir)
+    monkeypatch.setattr(teachers, "teacher_features", lambda *a, **k: (_ for _ in ()).throw(AssertionError("distilled")))
+    p = get_preset("smoke", pretrained="shipped")
+    trainer, hist, _ = pretrain_local(p, progress=False, out_dir=tmp_path / "pre")
+    raw = torch.load(work / f"{prov['name']}.pt", weights_only=True)
+    for k, v in trainer.local_net.state_dict().items():
+        assert torch.equal(v, raw["local_net"][k].float())
+    assert trainer.source["kind"] == "shipped" and trainer.source["sha256"] == prov["sha256"]
+    assert len(hist.records) == len(prov["curve"])
+    # "none" ignores them and distils here (which calls the teacher)
+    with pytest.raises(AssertionError, match="distilled"):
+        pretrain_local(get_preset("smoke", pretrained="none"), progress=False, out_dir=tmp_path / "pre2")
+
+
+def test_damaged_or_incompatible_weights(distilled: tuple[Path, dict], tmp_path: Path) -> None:
+    work, prov = distilled
+    for ext in (".pt", ".json"):
+        (tmp_path / f"{prov['name']}{ext}").write_bytes((work / f"{prov['name']}{ext}").read_bytes())
+    found = shipped.find_shipped(17, 128, prov["teacher"], 64, folder=tmp_path)
+    assert found is not None
+    assert shipped.find_shipped(17, 128, prov["teacher"], 96, folder=tmp_path) is None
+    assert shipped.find_shipped(33, 128, prov["teacher"], 64, folder=tmp_path) is None
+    data = bytearray(found.read_bytes())
+    data[-10] ^= 0xFF
+    found.write_bytes(bytes(data))
+    with pytest.raises(GlanceError, match=prov["name"]):
+        shipped.load_shipped(found)
+
+
+def test_shipped_weights_in_the_package_are_intact() -> None:
+    entries = shipped.shipped_entries()
+    for e in entries:
+        assert shipped.sha256_file(e["path"]) == e["sha256"], e["path"]
+        assert e["heldout"]["distillation"] < 1.0
+        assert Path(e["path"]).stat().st_size < 8 * 2**20  # small enough for git
+
+
+def test_lr_schedule_warms_up_then_decays_to_a_tenth() -> None:
+    lrs = [lr_schedule(s, 100, 1.0, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lr_schedule(100, 100, 1.0, 10) == pytest.approx(0.1)
+
+
+def test_split_corpus_holds_out_whole_photographs() -> None:
+    names = [f"p{i}" for i in range(23)]
+    train, held = split_corpus(names, 8)
+    assert held == [3, 11, 19] and sorted(train + held) == list(range(23))
+    assert len(split_corpus(names[:5], 8)[1]) == 2
+    with pytest.raises(GlanceError):
+        split_corpus(names[:2], 8)
+
+
+def test_pretrain_cli_and_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from glance_lite.cli import main
+
+    assert main(["pretrain", "--preset", "smoke", "--out", str(tmp_path), "--steps", "0"]) == 1
+    assert "must be positive" in capsys.readouterr().err

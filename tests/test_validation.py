@@ -1,0 +1,217 @@
+"""The validation protocol: held-out sets never read test/, exact masks, determinism, re-use, and an
+end-to-end ``validate`` (smoke preset) that resumes without refitting."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from glance_lite import validation as V
+from glance_lite.cli import main
+from glance_lite.fileio import DatasetError, GlanceError
+
+
+def _fake_category(root: Path, n_train: int = 12, size: int = 64, name: str = "widget", grey: bool = False,
+                   junk_test: bool = True) -> Path:
+    """root/name/train/good with textured images; test/ and ground_truth/ hold only junk."""
+    rng = np.random.default_rng(1)
+    good = root / name / "train" / "good"
+    good.mkdir(parents=True)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n_train):
+        base = 90 + 60 * np.sin(xx / 3.0 + i) * np.cos(yy / 5.0) + 40 * (xx / size)
+        a = np.clip(base[..., None] + rng.normal(0, 10, (size, size, 3)) + [0, 20, -20], 0, 255).astype(np.uint8)
+        Image.fromarray(a[..., 0] if grey else a).save(good / f"{i:03d}.png")
+    if junk_test:
+        for d in ("test/good", "test/crack", "ground_truth/crack"):
+            (root / name / d).mkdir(parents=True)
+            (root / name / d / "000.png").write_bytes(b"junk, not a png")
+    return root
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _arr(path: Path) -> np.ndarray:
+    return V._pixels(path).astype(np.int16)
+
+
+def test_heldout_split_never_reads_test_and_is_exact(tmp_path, monkeypatch):
+    src = _fake_category(tmp_path / "src")
+    read: list[str] = []
+    import glance_lite.mvtec as mv
+
+    orig = mv.load_image
+    monkeypatch.setattr(mv, "load_image", lambda p, s: (read.append(str(p)), orig(p, s))[1])
+    test_dir = src / "widget" / "test"
+    os.chmod(test_dir, 0)  # unreadable (when not running as root); its files are junk anyway
+    try:
+        data = V.make_heldout(src, "widget", tmp_path / "out", seed=3)
+    finally:
+        os.chmod(test_dir, 0o755)
+    assert read and not any("/test/" in r or "ground_truth" in r for r in read)
+    cat = data / "widget"
+    train = sorted(p.name for p in (cat / "train" / "good").iterdir())
+    held = sorted(p.name for p in (cat / "test" / "good").iterdir())
+    all_train = sorted(p.name for p in (src / "widget" / "train" / "good").iterdir())
+    assert len(held) == 2 and not set(train) & set(held) and sorted(train + held) == all_train
+    man = json.loads((cat / "manifest.json").read_text())
+    assert man["heldout"] == held and man["seed"] == 3 and man["version"] == V.HELDOUT_VERSION
+    # a valid MVTec category; every defect type is present with one mask per image
+    from glance_lite.mvtec import find_category
+
+    c = find_category(data, "widget")
+    assert c.has_masks and set(c.defects) == {"good", *V.DEFECT_TYPES}
+    n_checked = 0
+    for kind in V.DEFECT_TYPES:
+        for img_p in sorted((cat / "test" / kind).glob("*.png")):
+            s = next(x for x in man["samples"][kind] if x["file"] == img_p.name)
+            clean = _arr(cat / "test" / "good" / s["source"])
+            bad = _arr(img_p)
+            mask = np.asarray(Image.open(cat / "ground_truth" / kind / f"{img_p.stem}_mask.png")) > 127
+            assert mask.any() and bad.shape == clean.shape
+            assert (bad[~mask] == clean[~mask]).all(), f"{img_p}: pixels changed outside the mask"
+            assert np.abs(bad - clean)[mask].mean() >= V.MIN_MEAN_CHANGE
+            n_checked += 1
+    assert n_checked >= 5 and sum(man["counts"][f"test/{k}"] for k in V.DEFECT_TYPES) == n_checked
+
+
+def test_heldout_is_deterministic_reused_and_independent_of_test(tmp_path, monkeypatch):
+    src = _fake_category(tmp_path / "src")
+    a = V.make_heldout(src, "widget", tmp_path / "a", seed=0)
+    # the same source without any test/ or ground_truth/ folder gives the same bytes
+    src2 = _fake_category(tmp_path / "src2", junk_test=False)
+    b = V.make_heldout(src2, "widget", tmp_path / "b", seed=0)
+    fa, fb = _files(a / "widget"), _files(b / "widget")
+    fa.pop("manifest.json"), fb.pop("manifest.json")  # they name their source roots
+    assert fa == fb and len(fa) > 15
+    # an existing matching set is re-used as it is (nothing is drawn again)
+    mt = (a / "widget" / "manifest.json").stat().st_mtime_ns
+    monkeypatch.setattr(V, "synthetic_defect", lambda *a, **k: pytest.fail("redrawn"))
+    assert V.make_heldout(src, "widget", tmp_path / "a", seed=0) == a
+    assert (a / "widget" / "manifest.json").stat().st_mtime_ns == mt
+    monkeypatch.undo()
+    # another seed rebuilds it, with another held-out tenth or other defects
+    V.make_heldout(src, "widget", tmp_path / "a", seed=1)
+    assert json.loads((a / "widget" / "manifest.json").read_text())["seed"] == 1
+    assert _files(a / "widget") != _files(b / "widget")
+    # a folder it did not write is never overwritten
+    foreign = tmp_path / "c" / "data" / "widget"
+    foreign.mkdir(parents=True)
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(DatasetError, match="refusing"):
+        V.make_heldout(src, "widget", tmp_path / "c")
+    assert (foreign / "keep.txt").read_text() == "mine"
+
+
+def test_grey_sources_stay_grey_and_small_categories_are_refused(tmp_path):
+    src = _fake_category(tmp_path / "g", grey=True, name="screwish")
+    data = V.make_heldout(src, "screwish", tmp_path / "out", per_type=2)
+    for p in (data / "screwish" / "test").rglob("*.png"):
+        assert Image.open(p).mode == "L"
+    man = json.loads((data / "screwish" / "manifest.json").read_text())
+    assert all(man["counts"][f"test/{k}"] <= 2 for k in V.DEFECT_TYPES)
+    small = _fake_category(tmp_path / "s", n_train=9)
+    with pytest.raises(GlanceError, match="at least 10"):
+        V.make_heldout(small, "widget", tmp_path / "o2")
+
+
+def test_synthetic_defect_drops_invisible_changes():
+    flat = np.full((64, 64, 3), 128, np.uint8)  # a rotated disk of a flat image changes nothing
+    res = V.synthetic_defect("rotated_crop", flat, lambda t: np.random.default_rng(t))
+    assert res is None
+    with pytest.raises(GlanceError, match="unknown"):
+        V.synthetic_defect("scratch", flat, lambda t: np.random.default_rng(t))
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    lines = [ln for ln in err.splitlines() if ln.startswith("glance-lite: error")]
+    assert len(lines) == 1, f"expected one error line, got: {err!r}"
+    return lines[0]
+
+
+def test_cli_bad_sources_one_line(tmp_path, capsys):
+    src = _fake_category(tmp_path / "src")
+    small = _fake_category(tmp_path / "small", n_train=5)
+    out = str(tmp_path / "out")
+    base = ["validate", "--out", out, "--preset", "smoke", "--quiet"]
+    assert main(base + ["--source", f"{tmp_path / 'nope'}:widget"]) != 0
+    assert "nope" in _err(capsys)
+    assert main(base + ["--source", f"{src}:gadget"]) != 0
+    assert "gadget" in _err(capsys)
+    assert main(base + ["--source", "justonepart"]) != 0
+    assert "justonepart" in _err(capsys)
+    assert main(base + ["--source", f"{small}:widget"]) != 0
+    assert "at least 10" in _err(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_parse_source_modes(tmp_path):
+    from glance_lite.offline_data import make_offline
+
+    off = make_offline(tmp_path / "off", size=32, n_train=1, n_test_good=1, n_test_defect=1)
+    assert V.parse_source(f"{off}:brick").mode == "test"
+    src = _fake_category(tmp_path / "src")
+    s = V.parse_source(f"{src}:widget")
+    assert s.mode == "heldout" and s.name == "src-widget-heldout"
+    assert V.parse_source(f"{src}:widget:test").mode == "test"
+
+
+def test_validate_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
+    from glance_lite.offline_data import make_offline
+    from glance_lite.presets import get_preset
+
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
+    off = make_offline(tmp_path / "off", size=64, n_train=6, n_test_good=2, n_test_defect=2)
+    src = _fake_category(tmp_path / "src")
+    broken = _fake_category(tmp_path / "broken", name="brick")  # test/ holds junk: fails at fit
+    p = get_preset("smoke").replace(name="smoke-val", global_steps=2)
+    out = tmp_path / "val"
+    sources = [f"{off}:brick", f"{src}:widget", f"{broken}:brick:test"]
+    rows = V.validate(sources, out, p, progress=False)
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
+    assert "000.png" in rows[2]["error"]
+    res = json.loads((out / "smoke-val" / "validation.json").read_text())
+    assert res["preset_fields"]["global_steps"] == 2 and res["git_commit"] and res["hardware"]
+    for r in res["rows"][:2]:
+        assert math.isfinite(r["AU-PRO"]) and r["ts"] is not None and math.isfinite(r["ts"]["AU-PRO"])
+        assert r["glance_minus_ts_AU-PRO"] == pytest.approx(r["AU-PRO"] - r["ts_AU-PRO"], abs=1e-6)
+        assert r["iad_only_AU-PRO"] is not None and r["dad_only_AU-PRO"] is not None
+    assert res["mean"]["n_sources"] == 2
+    assert res["mean"]["AU-PRO"] == pytest.approx(np.mean([r["AU-PRO"] for r in res["rows"][:2]]), abs=1e-5)
+    assert (out / "data" / "widget" / "manifest.json").is_file()
+    # the held-out source trained on 90 % of train/good and was tested on the held-out tenth
+    cfg = json.loads((Path(rows[1]["run"]) / "config.json").read_text())
+    assert Path(cfg["data_root"]) == (out / "data").resolve()
+    # the same sources again through the CLI: nothing is refitted or re-evaluated
+    import glance_lite.evaluation
+    import glance_lite.training
+
+    monkeypatch.setattr(glance_lite.training, "fit", lambda *a, **k: pytest.fail("refitted"))
+    monkeypatch.setattr(glance_lite.evaluation, "evaluate_run", lambda *a, **k: pytest.fail("re-evaluated"))
+    capsys.readouterr()
+    argv = ["validate", "--out", str(out), "--preset", "smoke", "--set", "global_steps=2", "--name", "smoke-val",
+            "--quiet", "--source", sources[0], "--source", sources[1]]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| source |" in table and "off-brick-test" in table and "**mean**" in table
+    again = json.loads((out / "smoke-val" / "validation.json").read_text())
+    assert [r["AU-PRO"] for r in again["rows"]] == [r["AU-PRO"] for r in res["rows"][:2]]
+
+
+def test_table_markdown_handles_missing_and_failed():
+    rows = [{"source": "a", "mode": "test", "status": "ok", "AU-PRO": 0.5, "ts_AU-PRO": 0.4,
+             "glance_minus_ts_AU-PRO": 0.1, "seconds": 3.0},
+            {"source": "b", "mode": "heldout", "status": "failed", "error": "x"}]
+    t = V.validation_table_markdown(rows).splitlines()
+    assert len(t) == 5 and all(ln.startswith("|") and ln.endswith("|") for ln in t)
+    assert "+0.100" in t[2] and "failed" in t[3] and "**mean** (1 sources)" in t[4]
+    assert len({ln.count("|") for ln in t}) == 1
