@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--out", required=True, help="folder for held-out sets, runs and <preset>/validation.json")
     va.add_argument("--preset", default=None, choices=["smoke", "cpu", "paper"])
     va.add_argument("--teacher", default="auto", choices=["auto", "resnet18", "efficientnet_lite0"])
+    va.add_argument("--results", default=None,
+                    help="folder for <preset>/validation.json (default: --out), e.g. results/validation")
     va.add_argument("--no-ts", action="store_true", help="skip the TS (Uninformed Students) baseline")
     va.add_argument("--quiet", action="store_true")
     _variant_options(va)
@@ -202,7 +204,8 @@ def _run(args: argparse.Namespace) -> int:
 
         p = _preset_from_args(args)
         print(describe(p), file=sys.stderr)
-        return run_cli(args.source, args.out, p, teacher=args.teacher, ts=not args.no_ts, progress=not args.quiet)
+        return run_cli(args.source, args.out, p, teacher=args.teacher, ts=not args.no_ts, progress=not args.quiet,
+                       results=args.results)
     raise AssertionError(args.cmd)  # pragma: no cover
 
 

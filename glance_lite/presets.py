@@ -90,9 +90,10 @@ class Preset:
     """Optimiser steps of joint Global-Net + DAD training. ours."""
     global_holes: int = 1
     """Holes per training image per joint step. 1: one masked copy per sample, as the paper describes.
-    K > 1: each step takes ``batch_size // K`` images and K holes in each, computed with the exact
-    incremental Global-Net (:mod:`glance_lite.fast_features`), which costs little more than one full
-    pass per image, so the Global-Net sees several times more holes for the same time. ours."""
+    K > 1: each step takes ``batch_size`` images and K holes in each, computed with the exact
+    incremental Global-Net (:mod:`glance_lite.fast_features`), which costs one full pass per image
+    plus a window per hole, so the Global-Net sees K times more holes per step for much less than K
+    times the time. ours."""
 
     # --- scoring (Eq. 11-13) and maps ----------------------------------------------------------
     lambda_s: float = 0.8

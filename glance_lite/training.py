@@ -440,11 +440,11 @@ def train_global(
     With probability 1/2 a sample's DAD input Z* is the feature of the patch with a random stain
     (label 1), otherwise Z_l (label 0); see :mod:`glance_lite.heads` for the label convention.
 
-    ``preset.global_holes = K > 1``: each step draws ``batch_size // K`` images and K holes in each,
-    and Z_g of the K holes of one image comes from the exact incremental Global-Net
+    ``preset.global_holes = K > 1``: each step draws ``batch_size`` images and K holes in each
+    (``batch_size * K`` samples, the loss is their mean), and Z_g of the K holes of one image comes
+    from the exact incremental Global-Net
     (:func:`glance_lite.fast_features.global_features_incremental`, differentiable): one full pass
-    per image plus a small window per hole, instead of one full pass per hole.  Same loss, same
-    number of samples per step, fewer full passes.
+    per image plus a small window per hole, instead of one full pass per hole.
     """
     p = model.preset
     model.freeze_local()
@@ -462,7 +462,6 @@ def train_global(
     K = int(p.global_holes)
     if K < 1:
         raise GlanceError(f"global_holes must be at least 1, got {K}")
-    n_img = max(1, p.batch_size // K)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         g, rng = step_generators(p.seed, "global", step)
@@ -471,9 +470,9 @@ def train_global(
             idx = torch.randint(N, (B,), generator=g)
             gi = torch.randint(gh, (B,), generator=g)
             gj = torch.randint(gw, (B,), generator=g)
-        else:  # n_img images, K holes in each (image-major order)
-            B = n_img * K
-            idx = torch.randint(N, (n_img,), generator=g).repeat_interleave(K)
+        else:  # batch_size images, K holes in each (image-major order)
+            B = p.batch_size * K
+            idx = torch.randint(N, (p.batch_size,), generator=g).repeat_interleave(K)
             gi = torch.randint(gh, (B,), generator=g)
             gj = torch.randint(gw, (B,), generator=g)
         tops, lefts = pos_y[gi], pos_x[gj]

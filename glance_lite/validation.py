@@ -657,7 +657,8 @@ def validation_table_markdown(rows: Sequence[dict[str, Any]], mean: bool = True)
 
 
 def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, preset: Preset | None = None,
-             teacher: str = "auto", ts: bool = True, progress: bool = True) -> list[dict[str, Any]]:
+             teacher: str = "auto", ts: bool = True, progress: bool = True,
+             results: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Run the validation protocol on ``sources`` (default: :func:`default_sources`); return the rows.
 
     For each source: build the held-out set (``heldout`` mode), ``fit`` into ``out/runs/...``,
@@ -665,7 +666,8 @@ def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, pre
     rewritten (atomically) after every source and holds the rows of this call's sources, in order,
     and their mean.  A source already finished with the same preset, teacher and data is not run
     again; a failing source becomes a row with ``status: failed`` and its ``error``, and the others
-    still run.
+    still run.  ``results`` puts ``<preset-name>/validation.json`` in another folder than ``out``
+    (e.g. the committed ``results/validation``, while held-out images and runs stay in ``out``).
     """
     from .training import git_commit
 
@@ -684,7 +686,7 @@ def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, pre
         if heldout_cats.count(s.category) > 1:
             raise GlanceError(f"--source {s}: two held-out sources of category {s.category!r} would share "
                               f"{out / 'data' / s.category}; validate them into different --out folders")
-    res_path = out / p.name / "validation.json"
+    res_path = Path(results if results is not None else out) / p.name / "validation.json"
     prev = _read_json(res_path) or {}
     old_rows = {r.get("source"): r for r in prev.get("rows", []) if isinstance(r, dict)}
     rows: list[dict[str, Any]] = []
@@ -716,15 +718,15 @@ def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, pre
 
 
 def run_cli(source_specs: Sequence[str] | None, out: str, preset: Preset, teacher: str = "auto",
-            ts: bool = True, progress: bool = True) -> int:
+            ts: bool = True, progress: bool = True, results: str | None = None) -> int:
     """``glance-lite validate``: validate, print the markdown table, one stderr line per failed
     source; returns the exit status (1 when a source failed)."""
     import sys
 
     sources = [parse_source(s) for s in source_specs] if source_specs else None
-    rows = validate(sources, out, preset, teacher=teacher, ts=ts, progress=progress)
+    rows = validate(sources, out, preset, teacher=teacher, ts=ts, progress=progress, results=results)
     print(validation_table_markdown(rows))
-    print(Path(out) / preset.name / "validation.json")
+    print(Path(results if results is not None else out) / preset.name / "validation.json")
     failed = [r for r in rows if r.get("status") != "ok"]
     for r in failed:
         print(f"glance-lite: error: validate {r['source']}: {r.get('error')}", file=sys.stderr)

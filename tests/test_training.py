@@ -126,7 +126,7 @@ def test_global_stage_trains_on_every_scored_hole_position(tmp_path, monkeypatch
 
 
 def test_many_holes_per_image_use_the_incremental_global_net(tmp_path, monkeypatch):
-    # global_holes=4 with a batch of 8: two images per step, four holes in each, Z_g from the
+    # global_holes=4 with a batch of 8: eight images per step, four holes in each, Z_g from the
     # differentiable incremental Global-Net (no full masked copy per hole)
     import glance_lite.training as tr
 
@@ -142,7 +142,7 @@ def test_many_holes_per_image_use_the_incremental_global_net(tmp_path, monkeypat
     monkeypatch.setattr(tr, "global_features_incremental", spy)
     monkeypatch.setattr(tr, "hole_mask", lambda *a, **k: (_ for _ in ()).throw(AssertionError("full pass")))
     train_global(m, _images(), tmp_path / "run", progress=False)
-    assert calls == [(1, 4, True)] * 6
+    assert calls == [(1, 4, True)] * 8 * 3
 
 
 def test_global_holes_must_be_positive(tmp_path):
