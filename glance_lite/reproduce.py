@@ -29,7 +29,8 @@ import numpy as np
 from .fileio import atomic_write_json
 from .presets import Preset, get_preset, hardware_info
 
-__all__ = ["LAMBDAS", "default_roots", "ablation_from_head_maps", "reproduce", "load_results"]
+__all__ = ["LAMBDAS", "ARCHIVE", "default_roots", "ablation_from_head_maps", "reproduce", "load_results",
+           "load_validation"]
 
 LAMBDAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 """The lambda_s values of the paper's Table 4."""
@@ -175,15 +176,39 @@ def reproduce(
     return rows
 
 
-def load_results(folder: str | Path = "results", preset: str | None = None) -> list[dict[str, Any]]:
-    """Read every ``metrics.json`` under ``folder[/preset]`` (with ``ablation`` attached if present)."""
+ARCHIVE = "archive"
+"""Sub-folder of the results folder holding superseded results files, kept for comparison (e.g. the
+``cpu`` rows before the shipped Local-Net); :func:`load_results` skips it unless asked."""
+
+
+def load_results(folder: str | Path = "results", preset: str | None = None,
+                 archive: bool = False) -> list[dict[str, Any]]:
+    """Read every ``metrics.json`` under ``folder[/preset]`` (with ``ablation`` attached if present).
+
+    Files under ``folder/archive/`` are skipped unless ``archive=True``; each row gets ``_folder``
+    (its folder) and ``_archived`` (whether it came from the archive, then named by its sub-folder).
+    """
     base = Path(folder) / preset if preset else Path(folder)
     rows = []
     for m in sorted(base.rglob("metrics.json")):
+        rel = m.relative_to(base).parts
+        archived = ARCHIVE in rel
+        if archived and not archive:
+            continue
         d = json.loads(m.read_text())
         a = m.parent / "ablation.json"
         if a.is_file():
             d["ablation"] = json.loads(a.read_text())
         d["_folder"] = str(m.parent)
+        d["_archived"] = rel[rel.index(ARCHIVE) + 1] if archived else None
         rows.append(d)
     return rows
+
+
+def load_validation(folder: str | Path = "results/validation") -> dict[str, dict[str, Any]]:
+    """Every ``<name>/validation.json`` under ``folder`` (written by ``glance-lite validate --results``),
+    keyed by the preset variant's name."""
+    out = {}
+    for f in sorted(Path(folder).glob("*/validation.json")):
+        out[f.parent.name] = json.loads(f.read_text())
+    return out

@@ -1,0 +1,39 @@
+"""The committed results files: current with the code that reads them, archive kept apart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from glance_lite.paths import repo_root
+from glance_lite.presets import PRESETS
+from glance_lite.reproduce import load_results, load_validation
+
+
+def _write(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def test_load_results_skips_the_archive_unless_asked(tmp_path: Path) -> None:
+    _write(tmp_path / "cpu" / "mvtec_ad" / "bottle" / "metrics.json", {"AU-PRO": 0.9})
+    _write(tmp_path / "archive" / "cpu-old" / "mvtec_ad" / "bottle" / "metrics.json", {"AU-PRO": 0.8})
+    _write(tmp_path / "validation" / "cpu" / "validation.json", {"rows": []})
+    rows = load_results(tmp_path)
+    assert [r["AU-PRO"] for r in rows] == [0.9] and rows[0]["_archived"] is None
+    both = load_results(tmp_path, archive=True)
+    assert sorted((r["AU-PRO"], r["_archived"]) for r in both) == [(0.8, "cpu-old"), (0.9, None)]
+    assert list(load_validation(tmp_path / "validation")) == ["cpu"]
+
+
+def test_committed_results_match_the_presets_they_name() -> None:
+    # a results file of a built-in preset must have been written with that preset's current fields,
+    # so that the book never shows numbers of settings the code no longer has
+    for r in load_results(repo_root() / "results"):
+        if r["preset"] in PRESETS:
+            assert r["preset_fields"] == PRESETS[r["preset"]].to_dict(), r["_folder"]
+    for name, v in load_validation(repo_root() / "results" / "validation").items():
+        assert v["preset"] == name
+        if name in PRESETS:
+            assert v["preset_fields"] == PRESETS[name].to_dict(), name
+        assert all(row["status"] == "ok" for row in v["rows"]), name
