@@ -49,9 +49,14 @@ def plot_history(history: Mapping[str, Any], path: str | Path | None = None, smo
     fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(4.2 * max(1, len(stages)), 3.2), squeeze=False)
     for ax, s in zip(axes[0], stages):
         recs = history[s]["records"]
-        for key in recs[0]:
-            v = np.array([r[key] for r in recs], dtype=float)
-            ax.plot(np.arange(len(_smooth(v, smooth))) + min(smooth, len(v)) // 2, _smooth(v, smooth), label=key)
+        if "step" in recs[0]:  # an evaluated curve (the shipped Local-Net's): plot it at its steps
+            x = np.array([r["step"] for r in recs], dtype=float)
+            for key in (k for k in recs[0] if k != "step"):
+                ax.plot(x, [r[key] for r in recs], "o-", ms=3, label=key)
+        else:
+            for key in recs[0]:
+                v = np.array([r[key] for r in recs], dtype=float)
+                ax.plot(np.arange(len(_smooth(v, smooth))) + min(smooth, len(v)) // 2, _smooth(v, smooth), label=key)
         ax.set_title(s)
         ax.set_xlabel("step")
         ax.set_yscale("log" if all(r["loss"] > 0 for r in recs) else "linear")

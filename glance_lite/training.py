@@ -328,7 +328,11 @@ def pretrain_local(
             trainer.mean, trainer.std = state["mean"], state["std"]
             trainer.source = {"kind": "shipped", "file": found.name, "sha256": prov["sha256"],
                               "steps": prov.get("steps"), "heldout": prov.get("heldout")}
-            hist = StageHistory("pretrain", [dict(r) for r in prov.get("curve", [])], float(prov.get("seconds", 0.0)))
+            records = [{"loss": c["train_distillation"] + c["train_compactness"], "distillation": c["train_distillation"],
+                        "compactness": c["train_compactness"], "heldout_distillation": c["heldout_distillation"],
+                        "heldout_compactness": c["heldout_compactness"], "step": c["step"]}
+                       for c in prov.get("curve", [])]  # one record per evaluation of the long run
+            hist = StageHistory("pretrain", records, float(prov.get("seconds", 0.0)))
             if progress:
                 print(f"Local-Net: shipped weights {found.name} ({prov.get('steps')} distillation steps)")
             return trainer, hist, t.name

@@ -66,7 +66,8 @@ def test_fit_starts_from_shipped_weights(distilled: tuple[Path, dict], tmp_path:
     for k, v in trainer.local_net.state_dict().items():
         assert torch.equal(v, raw["local_net"][k].float())
     assert trainer.source["kind"] == "shipped" and trainer.source["sha256"] == prov["sha256"]
-    assert len(hist.records) == len(prov["curve"])
+    assert [r["step"] for r in hist.records] == [c["step"] for c in prov["curve"]]
+    assert hist.final("distillation") == pytest.approx(sum(c["train_distillation"] for c in prov["curve"]) / len(prov["curve"]))
     # "none" ignores them and distils here (which calls the teacher)
     with pytest.raises(AssertionError, match="distilled"):
         pretrain_local(get_preset("smoke", pretrained="none"), progress=False, out_dir=tmp_path / "pre2")
