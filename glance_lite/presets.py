@@ -118,6 +118,13 @@ class Preset:
     checkpoint_every: int = 1000
     """Steps between checkpoints. ours."""
 
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"preset field {name}={getattr(self, name)!r}: choose one of {allowed}")
+        if self.global_holes < 1:
+            raise ValueError(f"preset field global_holes={self.global_holes}: must be at least 1")
+
     def to_dict(self) -> dict[str, Any]:
         """The preset as a JSON-friendly dict."""
         d = dataclasses.asdict(self)
@@ -140,6 +147,12 @@ class Preset:
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kw)
 
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "pretrained": ("shipped", "none"),
+    "score_norm": ("none", "zscore", "position"),
+}
+"""The allowed values of the preset's string fields that are choices (checked on construction)."""
 
 #: The three presets.  The field docstrings above give the ``paper`` values and their sources; every
 #: value that ``cpu`` and ``smoke`` change is **ours**, chosen so that ``cpu`` fits one real category in
@@ -229,10 +242,14 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             raise ValueError("--set name=...: use --name to name a variant")
         default = getattr(base, key)
         try:
-            if raw.lower() == "none":
+            if isinstance(default, str):  # e.g. pretrained=none, score_norm=none: strings, not None
+                value: Any = raw
+                if key in CHOICES and raw not in CHOICES[key]:
+                    raise ValueError(f"choose one of {CHOICES[key]}")
+            elif raw.lower() == "none":
                 if default is not None:   # only the optional fields default to None
                     raise ValueError("this field cannot be none")
-                value: Any = None
+                value = None
             elif isinstance(default, bool):
                 if raw.lower() not in ("true", "false", "1", "0"):
                     raise ValueError("expected true or false")

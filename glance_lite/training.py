@@ -463,9 +463,7 @@ def train_global(
     cache, pos_y, pos_x = local_cache
     gh, gw = cache.shape[-2:]
 
-    K = int(p.global_holes)
-    if K < 1:
-        raise GlanceError(f"global_holes must be at least 1, got {K}")
+    K = int(p.global_holes)  # >= 1, checked by the preset
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         g, rng = step_generators(p.seed, "global", step)

@@ -114,7 +114,10 @@ def test_set_overrides_are_typed_and_checked():
                          "max_test_images=none", "teacher=efficientnet_lite0"])
     assert o == {"global_steps": 30, "lr": 1e-4, "global_channels": (8, 8, 16, 16, 16, 32, 32),
                  "max_test_images": None, "teacher": "efficientnet_lite0"}
-    for bad in (["global_step=3"], ["global_steps"], ["global_steps=lots"], ["name=x"], ["patch_size=none"]):
+    assert parse_overrides(["pretrained=none", "score_norm=position"]) == {"pretrained": "none",
+                                                                             "score_norm": "position"}
+    for bad in (["global_step=3"], ["global_steps"], ["global_steps=lots"], ["name=x"], ["patch_size=none"],
+                ["pretrained=maybe"], ["score_norm=minmax"]):
         with pytest.raises(ValueError, match="--set"):
             parse_overrides(bad)
 

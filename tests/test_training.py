@@ -145,8 +145,8 @@ def test_many_holes_per_image_use_the_incremental_global_net(tmp_path, monkeypat
     assert calls == [(1, 4, True)] * 8 * 3
 
 
-def test_global_holes_must_be_positive(tmp_path):
-    from glance_lite.fileio import GlanceError
-
-    with pytest.raises(GlanceError, match="global_holes"):
-        train_global(_model(get_preset("smoke").replace(global_holes=0)), _images(), tmp_path, progress=False)
+def test_preset_fields_are_checked():
+    with pytest.raises(ValueError, match="global_holes"):
+        get_preset("smoke").replace(global_holes=0)
+    with pytest.raises(ValueError, match="pretrained"):
+        get_preset("smoke").replace(pretrained="yes")
