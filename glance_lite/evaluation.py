@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .fileio import GlanceError, atomic_write, atomic_write_json
 from .model import GlanceModel
-from .presets import hardware_info
+from .presets import Preset, hardware_info, training_fields
 
 __all__ = ["evaluate_run", "predict", "score_stats", "write_tiff", "IMAGE_SUFFIXES", "SCORE_STATS"]
 
@@ -57,16 +57,23 @@ def evaluate_run(
     progress: bool = True,
     write_maps: bool = True,
     overlays: int | None = None,
+    preset: Preset | None = None,
 ) -> dict[str, Any]:
     """Score every test image of ``category`` with the run's model and write the results.
 
-    ``overlays`` caps the number of overlay PNGs per defect type (None: all).
+    ``overlays`` caps the number of overlay PNGs per defect type (None: all).  ``preset``, when
+    given, must match the run's training fields; its evaluation fields (score normalisation,
+    lambda_s, grid stride, IDW) are used instead of those stored with the run.
     """
     from .mvtec import MVTecDataset, find_category
     from .scoring import normalised_head_maps
 
     run_dir = Path(run_dir)
     model = GlanceModel.load(run_dir)
+    if preset is not None:
+        if training_fields(preset) != training_fields(model.preset):
+            raise GlanceError(f"{run_dir}: was fitted with other training settings than preset {preset.name!r}")
+        model.preset = preset
     cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     if cfg.get("category") not in (None, category):
         raise GlanceError(f"{run_dir}: was fitted on category {cfg.get('category')!r}, not {category!r}")

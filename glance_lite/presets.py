@@ -27,7 +27,8 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Preset", "PRESETS", "get_preset", "parse_overrides", "preset_name_from_env", "hardware_info"]
+__all__ = ["Preset", "PRESETS", "EVALUATION_FIELDS", "training_fields", "get_preset", "parse_overrides",
+           "preset_name_from_env", "hardware_info"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,19 @@ class Preset:
             raise ValueError(f"unknown preset fields: {sorted(unknown)}")
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kw)
+
+
+EVALUATION_FIELDS: tuple[str, ...] = ("lambda_s", "score_stride", "idw_power", "idw_neighbours", "score_norm",
+                                      "max_test_images")
+"""Fields that only change how a fitted run is scored: changing them never asks for a new fit
+(``fit`` resumes, ``evaluate`` takes them from the preset it is given)."""
+
+
+def training_fields(preset: "Preset | dict[str, Any]") -> dict[str, Any]:
+    """The preset's fields that determine the fitted weights (all but :data:`EVALUATION_FIELDS` and
+    the name), as a dict."""
+    d = preset.to_dict() if isinstance(preset, Preset) else dict(preset)
+    return {k: v for k, v in d.items() if k not in EVALUATION_FIELDS and k != "name"}
 
 
 CHOICES: dict[str, tuple[str, ...]] = {

@@ -139,7 +139,7 @@ def reproduce(
             fit(root, cat, run, p, teacher=teacher, progress=progress)
             t_fit = time.perf_counter() - t0
             t1 = time.perf_counter()
-            metrics = evaluate_run(run, root, cat, progress=progress, overlays=2)
+            metrics = evaluate_run(run, root, cat, progress=progress, overlays=2, preset=p)
             t_eval = time.perf_counter() - t1
             dest = Path(out) / p.name / ds_name / cat
             dest.mkdir(parents=True, exist_ok=True)

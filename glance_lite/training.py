@@ -39,7 +39,7 @@ from .global_net import hole_mask
 from .heads import dad_loss, iad_score
 from .local_net import Decoder, LocalNet, local_loss
 from .model import GlanceModel
-from .presets import Preset, hardware_info
+from .presets import Preset, hardware_info, training_fields
 from .stains import add_stain
 
 __all__ = [
@@ -552,7 +552,9 @@ def fit(
 ) -> GlanceModel:
     """Train every stage for one category and write a run folder (see :mod:`glance_lite.model`).
 
-    Re-running the same command resumes from the last checkpoint of the unfinished stage.
+    Re-running the same command resumes from the last checkpoint of the unfinished stage.  A preset
+    that differs only in evaluation fields (:data:`glance_lite.presets.EVALUATION_FIELDS`) resumes the
+    same run; ``evaluate_run(..., preset=)`` then scores it with them.
     """
     from .mvtec import find_category
     from .teachers import load_teacher
@@ -562,7 +564,8 @@ def fit(
     cfg_path = out / "config.json"
     if cfg_path.is_file():
         old = json.loads(cfg_path.read_text())
-        if old.get("preset") != preset.to_dict() or old.get("category") != category:
+        if (training_fields(Preset.from_dict(old.get("preset", {}))) != training_fields(preset)
+                or old.get("category") != category):
             raise GlanceError(f"{out}: holds a run with another preset or category; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

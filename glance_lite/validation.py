@@ -71,7 +71,7 @@ import numpy as np
 from PIL import Image
 
 from .fileio import DatasetError, GlanceError, atomic_write_json, default_mode, short_hash
-from .presets import Preset, get_preset, hardware_info
+from .presets import Preset, get_preset, hardware_info, training_fields
 
 __all__ = [
     "HELDOUT_VERSION",
@@ -579,16 +579,18 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
                            "mode": src.mode, "status": "failed"}
     t0 = time.perf_counter()
     data_root = make_heldout(src.root, src.category, out, progress=progress) if src.mode == "heldout" else src.root
-    key = short_hash({"preset": preset.to_dict(), "teacher": teacher, "data": _data_id(src, data_root)})
-    if old and old.get("status") == "ok" and old.get("key") == key and (not ts or old.get("ts") is not None
+    # the run folder depends on the training fields only: a variant that changes only how runs are
+    # scored (e.g. score_norm) re-evaluates the same fits
+    key = short_hash({"preset": training_fields(preset), "teacher": teacher, "data": _data_id(src, data_root)})
+    if old and old.get("status") == "ok" and old.get("key") == key and old.get("preset_fields") == preset.to_dict() and (not ts or old.get("ts") is not None
                                                                         or old.get("AU-PRO") is None):
         return old, True
-    run = out / "runs" / f"{preset.name}-{src.name}-{key}"
-    row.update(key=key, run=str(run), data_root=str(data_root))
+    run = out / "runs" / f"{src.name}-{key}"
+    row.update(key=key, run=str(run), data_root=str(data_root), preset_fields=preset.to_dict())
     fit(data_root, src.category, run, preset, teacher=teacher, progress=progress)
     t_fit = time.perf_counter() - t0
     t1 = time.perf_counter()
-    m = evaluate_run(run, data_root, src.category, progress=progress, overlays=0)
+    m = evaluate_run(run, data_root, src.category, progress=progress, overlays=0, preset=preset)
     t_eval = time.perf_counter() - t1
     heads = m.get("heads", {})
     row.update({k: m.get(k) for k in ("AU-PRO", "pixel_AUROC", "image_AUROC", "n_test", "teacher",

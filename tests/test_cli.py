@@ -184,3 +184,33 @@ def test_evaluation_reports_every_normalisation_fitted_on_training_images(tmp_pa
     out = tmp_path / "pred"
     assert main(["predict", str(run), str(root / "widget" / "test" / "dent"), "--out", str(out), "--quiet"]) == 0
     assert len(seen) == 1
+
+
+def test_evaluation_fields_do_not_ask_for_a_new_fit(tmp_path, monkeypatch):
+    # score_norm, lambda_s, the grid and IDW only change how a run is scored: fit resumes the same
+    # run and evaluate_run(preset=) scores it with the new fields; a training field still refuses
+    from glance_lite.evaluation import evaluate_run
+    from glance_lite.fileio import GlanceError
+    from glance_lite.presets import get_preset
+    from glance_lite.training import fit
+
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
+    root = _tiny_dataset(tmp_path / "ds")
+    run = tmp_path / "run"
+    p = get_preset("smoke")
+    fit(root, "widget", run, p, progress=False)
+    from glance_lite.model import GlanceModel
+
+    before = GlanceModel.load(run).state_dict()
+    hist = (run / "history.json").read_text()
+    q = p.replace(score_norm="position", lambda_s=1.0)
+    fit(root, "widget", run, q, progress=False)
+    after = GlanceModel.load(run).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and (run / "history.json").read_text() == hist
+    m = evaluate_run(run, root, "widget", progress=False, write_maps=False, preset=q)
+    assert m["score_norm"] == "position" and m["lambda_s"] == 1.0
+    assert m["AU-PRO"] == m["normalisations"]["position"]["iad_only"]["AU-PRO"]
+    with pytest.raises(GlanceError, match="another preset"):
+        fit(root, "widget", run, p.replace(global_steps=p.global_steps + 1), progress=False)
+    with pytest.raises(GlanceError, match="training settings"):
+        evaluate_run(run, root, "widget", progress=False, write_maps=False, preset=p.replace(lr=1.0))
