@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="gives the patch size, descriptor dimension and teacher input size")
     pt.add_argument("--teacher", default="auto", choices=["auto", "resnet18", "efficientnet_lite0"])
     pt.add_argument("--corpus", default=None, help="ImageNet-style folder (default: the bundled photographs)")
-    pt.add_argument("--steps", type=int, default=10_000)
+    pt.add_argument("--steps", type=int, default=5_000)
     pt.add_argument("--patches", type=int, default=60_000, help="training patches (teacher features cached)")
     pt.add_argument("--batch-size", type=int, default=64)
     pt.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, cosine decay to a tenth)")

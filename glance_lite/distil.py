@@ -54,7 +54,7 @@ SCALES = (0.35, 0.5, 0.7, 1.0, 1.4, 2.0)
 class DistilSettings(dict):
     """The knobs of one long distillation (a dict, so that it goes into the provenance as is)."""
 
-    def __init__(self, steps: int = 10_000, n_patches: int = 60_000, batch_size: int = 64, lr: float = 1e-3,
+    def __init__(self, steps: int = 5_000, n_patches: int = 60_000, batch_size: int = 64, lr: float = 1e-3,
                  warmup: int = 500, heldout_every: int = 8, n_heldout: int = 2_000, eval_every: int = 1_000,
                  chunk: int = 5_000, seed: int = 0) -> None:
         super().__init__(steps=int(steps), n_patches=int(n_patches), batch_size=int(batch_size), lr=float(lr),
