@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.glance-installed
+# MathJax, pinned and hash-checked, served from the book's _static (see tools/fetch_mathjax.py).
+MATHJAX := _vendor/static/mathjax/tex-svg.js
 
 .PHONY: all setup book test unit nbval book-smoke results bench clean clean-book
 
@@ -16,11 +18,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e ".[book,test]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The book's offline assets: MathJax copied (no network) out of the pinned sphinx-mathjax-offline
+# wheel that the install above brings from PyPI; re-run when the install or the script changes
+# (the script itself does nothing when its stamp and tex-svg.js's hash match).
+$(MATHJAX): $(STAMP) tools/fetch_mathjax.py
+	$(BIN)/python tools/fetch_mathjax.py
+	touch $(MATHJAX)
+
+setup: $(STAMP) $(MATHJAX)
 
 # The book: executes every notebook with the preset that fits the machine (GLANCE_PRESET, or
 # `paper` on CUDA / `cpu` otherwise), using Jupyter Book's execution cache; a notebook error fails.
-book: $(STAMP)
+book: $(STAMP) $(MATHJAX)
 	$(BIN)/jupyter-book build . --builder html
 	@echo "book: open _build/html/index.html"
 
@@ -28,15 +37,17 @@ book: $(STAMP)
 # notebook error fails), then a warnings-as-errors book build, so that a broken cross-reference,
 # citation or table of contents fails too.  The strict build renders the notebooks nbval has just
 # executed without executing them a second time (same preset, half the time, and no second batch
-# of Jupyter kernels).
-test: $(STAMP)
+# of Jupyter kernels).  Last, the built pages are scanned for scripts, styles or fonts from
+# another host (the book must read offline).
+test: $(STAMP) $(MATHJAX)
 	GLANCE_PRESET=smoke $(BIN)/python -m pytest tests -q
 	GLANCE_PRESET=smoke $(BIN)/python -m pytest --nbval-lax notebooks/ -q -p no:cacheprovider
 	mkdir -p _build
 	sed 's/execute_notebooks: cache/execute_notebooks: "off"/' _config.yml > _build/_config_check.yml
 	GLANCE_PRESET=smoke $(BIN)/jupyter-book build . --config _build/_config_check.yml --builder html -W -n --keep-going --path-output _build/smoke
+	$(BIN)/python tools/check_offline_html.py _build/smoke/_build/html
 
-unit: $(STAMP)
+unit: $(STAMP) $(MATHJAX)
 	GLANCE_PRESET=smoke $(BIN)/python -m pytest tests -q
 
 # Regenerate the committed results files the reproduction chapters show (long; CPU or GPU).
@@ -50,4 +61,4 @@ clean-book:
 	rm -rf _build
 
 clean: clean-book
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info _vendor
