@@ -428,6 +428,11 @@ def grid_local_cache(model: GlanceModel, images: torch.Tensor, progress: bool = 
     return torch.cat(outs), tops, lefts
 
 
+def _finished(ckpt: Path, n_steps: int) -> bool:
+    """Whether the checkpoint ``ckpt`` holds a stage that has run all ``n_steps`` steps."""
+    return ckpt.is_file() and int(load_torch(ckpt)["step"]) >= n_steps
+
+
 def train_global(
     model: GlanceModel,
     train_images: torch.Tensor,
@@ -458,10 +463,11 @@ def train_global(
     params = list(model.global_net.parameters()) + list(model.dad.parameters())
     opt = torch.optim.Adam(params, lr=p.lr, weight_decay=p.weight_decay)
 
-    if local_cache is None:
+    ckpt = run_dir / "checkpoints" / "global.pt"
+    if local_cache is None and not _finished(ckpt, p.global_steps):  # a finished stage needs no features
         local_cache = grid_local_cache(model, train_images, progress)
-    cache, pos_y, pos_x = local_cache
-    gh, gw = cache.shape[-2:]
+    cache, pos_y, pos_x = local_cache if local_cache is not None else (None, None, None)
+    gh, gw = cache.shape[-2:] if cache is not None else (0, 0)
 
     K = int(p.global_holes)  # >= 1, checked by the preset
 
@@ -504,7 +510,7 @@ def train_global(
         opt,
         step_fn,
         p.global_steps,
-        run_dir / "checkpoints" / "global.pt",
+        ckpt,
         p.checkpoint_every,
         stop_after=stop_after,
         progress=progress,

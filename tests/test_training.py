@@ -150,3 +150,16 @@ def test_preset_fields_are_checked():
         get_preset("smoke").replace(global_holes=0)
     with pytest.raises(ValueError, match="pretrained"):
         get_preset("smoke").replace(pretrained="yes")
+
+
+def test_a_finished_joint_stage_is_not_recomputed(tmp_path, monkeypatch):
+    # re-running fit on a finished run (e.g. to evaluate it with other evaluation settings) must not
+    # recompute the Local-Net grid features of every training image
+    import glance_lite.training as tr
+
+    p = get_preset("smoke").replace(global_steps=3, checkpoint_every=100)
+    imgs = _images()
+    train_global(_model(p), imgs, tmp_path, progress=False)
+    monkeypatch.setattr(tr, "grid_local_cache", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    h = train_global(_model(p), imgs, tmp_path, progress=False)
+    assert len(h.records) == 3
