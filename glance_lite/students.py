@@ -76,7 +76,7 @@ from tqdm.auto import tqdm
 
 from .fileio import GlanceError, atomic_write, atomic_write_json, load_torch, save_torch
 from .local_net import LocalNet, distillation_loss
-from .presets import Preset, hardware_info
+from .presets import Preset, hardware_info, training_fields
 
 __all__ = [
     "DEFAULT_STUDENTS",
@@ -590,7 +590,7 @@ def evaluate_students(
     cfg = _check_category(run_dir, category)
     ens = StudentEnsemble.from_run(run_dir)
     p = model.preset
-    if ens.preset is not None and ens.preset != p:
+    if ens.preset is not None and training_fields(ens.preset) != training_fields(p):  # scoring fields may differ
         raise GlanceError(f"{run_dir / 'students.pt'}: was trained with another preset than {run_dir / 'model.pt'}")
     cat = find_category(data_root, category)
     ds = MVTecDataset(cat, "test", p.image_size, max_images=p.max_test_images)

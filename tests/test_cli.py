@@ -214,3 +214,23 @@ def test_evaluation_fields_do_not_ask_for_a_new_fit(tmp_path, monkeypatch):
         fit(root, "widget", run, p.replace(global_steps=p.global_steps + 1), progress=False)
     with pytest.raises(GlanceError, match="training settings"):
         evaluate_run(run, root, "widget", progress=False, write_maps=False, preset=p.replace(lr=1.0))
+
+
+def test_ts_baseline_accepts_a_run_rescored_with_other_evaluation_fields(tmp_path, monkeypatch):
+    # the students of a run stay valid when only the scoring settings of its preset change
+    from glance_lite.evaluation import evaluate_run
+    from glance_lite.presets import get_preset
+    from glance_lite.students import run_ts_baseline
+    from glance_lite.training import fit
+
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
+    root = _tiny_dataset(tmp_path / "ds")
+    run = tmp_path / "run"
+    p = get_preset("smoke")
+    fit(root, "widget", run, p, progress=False)
+    first = run_ts_baseline(run, root, "widget", progress=False)
+    q = p.replace(score_norm="zscore")
+    fit(root, "widget", run, q, progress=False)  # resumes; the run now carries q's scoring fields
+    evaluate_run(run, root, "widget", progress=False, write_maps=False, preset=q)
+    again = run_ts_baseline(run, root, "widget", progress=False)
+    assert again["AU-PRO"] == first["AU-PRO"]
