@@ -23,7 +23,6 @@ Defined in :doc:`/book/running`.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 

@@ -52,6 +52,7 @@ from .fast_features import _pairs, global_features_batched, global_features_incr
 from .heads import combined_score, dad_score, iad_score
 from .idw import ScoringError, clear_idw_cache, idw_interpolate, idw_weights
 from .local_net import grid_positions
+from .presets import CHOICES
 
 __all__ = [
     "ScoringError",
@@ -309,7 +310,7 @@ def fit_score_normaliser(
 
 
 def normalised_head_maps(model: nn.Module, images: Tensor, stats: Mapping[str, Any] | None,
-                         methods: Sequence[str] = ("none", "zscore", "position"),
+                         methods: Sequence[str] = CHOICES["score_norm"],
                          stride: int | None = None) -> dict[str, dict[str, Tensor]]:
     """``{method: {"iad": (B, H, W), "dad": (B, H, W)}}`` from one scoring pass: the head maps under
     each normalisation (``"none"`` needs no ``stats``).  Used by the evaluation, which reports them all."""

@@ -263,7 +263,10 @@ class LocalTrainer:
         )
 
     def load(self, path: Path) -> None:
-        s = load_torch(path)
+        self.load_state(load_torch(path))
+
+    def load_state(self, s: dict[str, Any]) -> None:
+        """Networks and teacher statistics from a dict as :meth:`save` writes it (or the shipped weights)."""
         self.local_net.load_state_dict(s["local_net"])
         self.decoder.load_state_dict(s["decoder"])
         self.mean, self.std = s["mean"], s["std"]
@@ -306,8 +309,9 @@ def pretrain_local(
     With ``preset.pretrained == "shipped"`` (the ``cpu`` preset's default) and weights in the package
     that match the patch size, descriptor dimension, teacher and teacher input size
     (:mod:`glance_lite.shipped`), those are loaded instead and nothing is trained (unless a
-    ``corpus_folder`` is given: then the user asked for a distillation on their own images); the history is
-    their learning curve.  ``trainer.source`` says which Local-Net was used.  Otherwise the result is stored in ``out_dir`` (default ``data/runs/pretrain-<preset>-<teacher>``) and
+    ``corpus_folder`` is given: then the user asked for a distillation on their own images); the
+    history is their learning curve.  ``trainer.source`` says which Local-Net was used.  Otherwise
+    the result is stored in ``out_dir`` (default ``data/runs/pretrain-<preset>-<teacher>``) and
     reused by every later call with the same preset and teacher.
     """
     from .corpus import natural_images, sample_patches
@@ -323,9 +327,7 @@ def pretrain_local(
         found = find_shipped(preset.patch_size, preset.descriptor_dim, t.name, preset.teacher_input_size)
         if found is not None:
             state, prov = load_shipped(found)
-            trainer.local_net.load_state_dict(state["local_net"])
-            trainer.decoder.load_state_dict(state["decoder"])
-            trainer.mean, trainer.std = state["mean"], state["std"]
+            trainer.load_state(state)
             trainer.source = {"kind": "shipped", "file": found.name, "sha256": prov["sha256"],
                               "steps": prov.get("steps"), "heldout": prov.get("heldout")}
             records = [{"loss": c["train_distillation"] + c["train_compactness"], "distillation": c["train_distillation"],
@@ -339,8 +341,6 @@ def pretrain_local(
         if progress:
             print(f"Local-Net: no shipped weights for p={preset.patch_size}, {t.name} at "
                   f"{preset.teacher_input_size}px; distilling {preset.pretrain_steps} steps here")
-    elif preset.pretrained != "none":
-        raise GlanceError(f"preset.pretrained must be 'shipped' or 'none', got {preset.pretrained!r}")
     out = Path(out_dir) if out_dir else runs_dir() / f"pretrain-{preset.name}-{t.name}-{pretrain_key(preset, corpus_folder)}"
     out.mkdir(parents=True, exist_ok=True)
     final = out / "local_pretrained.pt"

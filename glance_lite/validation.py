@@ -71,7 +71,7 @@ import numpy as np
 from PIL import Image
 
 from .fileio import DatasetError, GlanceError, atomic_write_json, default_mode, short_hash
-from .presets import Preset, get_preset, hardware_info, training_fields
+from .presets import CHOICES, Preset, get_preset, hardware_info, training_fields
 
 __all__ = [
     "HELDOUT_VERSION",
@@ -542,7 +542,7 @@ def make_heldout(source_root: str | os.PathLike, category: str, out_root: str | 
 # the validation run
 # ----------------------------------------------------------------------------------------------
 
-NORMS = ("none", "zscore", "position")
+NORMS = CHOICES["score_norm"]
 """The score normalisations every evaluation reports (:func:`glance_lite.scoring.normalise_scores`)."""
 
 _NUM = ("AU-PRO", "pixel_AUROC", "image_AUROC", "iad_only_AU-PRO", "dad_only_AU-PRO", "ts_AU-PRO",

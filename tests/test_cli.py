@@ -101,7 +101,6 @@ def test_fit_evaluate_predict_end_to_end(tmp_path, capsys, monkeypatch):
     # re-running fit on a finished run resumes instantly and changes nothing
     before = (run / "model.pt").read_bytes()
     assert main(["fit", "--data", str(root), "--category", "widget", "--out", str(run), "--preset", "smoke", "--quiet"]) == 0
-    import torch
     from glance_lite.model import GlanceModel
     a = GlanceModel.load(run)
     assert (run / "model.pt").read_bytes() is not None and a is not None
