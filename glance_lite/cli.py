@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "paper"],
                     help="gives the patch size, descriptor dimension and teacher input size")
     pt.add_argument("--teacher", default="auto", choices=["auto", "resnet18", "efficientnet_lite0"])
+    pt.add_argument("--patch-size", type=int, default=None, choices=[17, 33, 65],
+                    help="patch side of the Local-Net (default: the preset's)")
     pt.add_argument("--corpus", default=None, help="ImageNet-style folder (default: the bundled photographs)")
     pt.add_argument("--steps", type=int, default=5_000)
     pt.add_argument("--patches", type=int, default=60_000, help="training patches (teacher features cached)")
@@ -163,6 +165,8 @@ def _run(args: argparse.Namespace) -> int:
         st = DistilSettings(steps=args.steps, n_patches=args.patches, batch_size=args.batch_size, lr=args.lr,
                             eval_every=args.eval_every)
         p = get_preset(args.preset)
+        if args.patch_size is not None:
+            p = p.replace(patch_size=args.patch_size)
         print(describe(p), file=sys.stderr)
         prov = distil(p, args.out, st, teacher=args.teacher, corpus_folder=args.corpus, ship=args.ship,
                       progress=not args.quiet, command="glance-lite " + " ".join(sys.argv[1:]))

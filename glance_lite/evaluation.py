@@ -32,7 +32,7 @@ from .fileio import GlanceError, atomic_write, atomic_write_json
 from .model import GlanceModel
 from .presets import CHOICES, Preset, hardware_info, training_fields
 
-__all__ = ["evaluate_run", "predict", "score_stats", "write_tiff", "IMAGE_SUFFIXES", "SCORE_STATS"]
+__all__ = ["evaluate_run", "predict", "run_scales", "combined_head_maps", "score_stats", "write_tiff", "IMAGE_SUFFIXES", "SCORE_STATS"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -82,14 +82,15 @@ def evaluate_run(
     ds = MVTecDataset(cat, "test", p.image_size, max_images=p.max_test_images)
     if len(ds) == 0:
         raise GlanceError(f"{cat.root}: no test images")
-    stats = score_stats(run_dir, model, cat, progress)
+    scales = run_scales(run_dir, model, cat, progress)
     methods = CHOICES["score_norm"]  # every evaluation reports them all; the preset picks the headline
     hmaps: dict[str, dict[str, list[np.ndarray]]] = {m: {"iad": [], "dad": []} for m in methods}
+    per_scale: dict[int, list[np.ndarray]] = {size: [] for size, _, _ in scales}
     masks, labels, paths, defects = [], [], [], []
     t0 = time.perf_counter()
     for i in tqdm(range(len(ds)), desc=f"evaluate {category}", disable=not progress):
         item = ds[i]
-        nm = normalised_head_maps(model, item["image"][None], stats, methods)
+        nm = combined_head_maps(scales, item["image"][None], methods, per_scale=per_scale)
         for m in methods:
             for head in ("iad", "dad"):
                 hmaps[m][head].append(nm[m][head][0].numpy())
@@ -105,6 +106,8 @@ def evaluate_run(
     for m, (ia, da) in stacked.items():
         by_method[m] = {**_metrics(p.lambda_s * ia + (1 - p.lambda_s) * da, masks_a, labels_a),
                         "iad_only": _metrics(ia, masks_a, labels_a), "dad_only": _metrics(da, masks_a, labels_a)}
+    by_scale = ({f"p{size}": _metrics(np.stack(v), masks_a, labels_a) for size, v in per_scale.items()}
+                if len(scales) > 1 else None)
     iad_a, dad_a = stacked[p.score_norm]
     maps = p.lambda_s * iad_a + (1 - p.lambda_s) * dad_a
     head = by_method[p.score_norm]
@@ -115,6 +118,8 @@ def evaluate_run(
         "score_norm": p.score_norm,
         "heads": {"iad_only": head["iad_only"], "dad_only": head["dad_only"]},
         "normalisations": by_method,
+        "patch_sizes": [size for size, _, _ in scales],
+        "scales": by_scale,
         "n_test": len(ds),
         "seconds_per_image": round(sec_per_image, 4),
         "preset": p.name,
@@ -150,6 +155,53 @@ def evaluate_run(
                              masks_a[i] if masks_a is not None else None, vmin, vmax, title=f"{d}/{stem}")
     atomic_write_json(run_dir / "metrics.json", result)
     return result
+
+
+def run_scales(run_dir: str | Path, model: GlanceModel, category: Any = None,
+               progress: bool = False) -> list[tuple[int, GlanceModel, dict[str, Any]]]:
+    """``[(patch_size, model, score_stats), ...]`` of a run: its own scale first, then each of
+    ``preset.extra_patch_sizes`` from ``RUN/scales/p<size>/`` (scored with the run's evaluation fields)."""
+    from .training import scale_dir, scale_preset
+
+    out = [(model.preset.patch_size, model, score_stats(run_dir, model, category, progress))]
+    for size in model.preset.extra_patch_sizes:
+        sub = scale_dir(run_dir, size)
+        if not (sub / "model.pt").is_file():
+            raise GlanceError(f"{sub}: the multi-scale run has no model for patch size {size}; run fit again")
+        m = GlanceModel.load(sub)
+        if training_fields(m.preset) != training_fields(scale_preset(model.preset, size)):
+            raise GlanceError(f"{sub}: was fitted with other settings than the run's patch size {size}")
+        m.preset = scale_preset(model.preset, size)
+        out.append((size, m, score_stats(sub, m, category, progress)))
+    return out
+
+
+def combined_head_maps(scales: list[tuple[int, GlanceModel, dict[str, Any]]], images: torch.Tensor,
+                       methods: Iterable[str], per_scale: dict[int, list[np.ndarray]] | None = None
+                       ) -> dict[str, dict[str, torch.Tensor]]:
+    """Each head's maps under each normalisation, averaged over the run's patch sizes.
+
+    With one scale this is :func:`glance_lite.scoring.normalised_head_maps`.  With several, each
+    size's maps are first standardised with its own training statistics (``zscore`` or ``position``),
+    then averaged; under ``none`` the plain maps are averaged.  ``per_scale``, when given, collects
+    each size's headline map (``lambda_s`` mix under ``preset.score_norm``), to report the sizes alone.
+    """
+    from .scoring import normalised_head_maps
+
+    methods = list(methods)
+    total: dict[str, dict[str, torch.Tensor]] = {}
+    for size, m, stats in scales:
+        nm = normalised_head_maps(m, images, stats, methods)
+        if per_scale is not None:
+            p = m.preset
+            hl = nm[p.score_norm] if p.score_norm in nm else normalised_head_maps(m, images, stats, [p.score_norm])[p.score_norm]
+            for b in range(images.shape[0]):
+                per_scale[size].append((p.lambda_s * hl["iad"][b] + (1 - p.lambda_s) * hl["dad"][b]).numpy())
+        for meth in methods:
+            for head in ("iad", "dad"):
+                v = nm[meth][head] / len(scales)
+                total.setdefault(meth, {})[head] = total[meth][head] + v if head in total.get(meth, {}) else v
+    return total
 
 
 SCORE_STATS = "score_stats.json"
@@ -218,19 +270,18 @@ def predict(run_dir: str | Path, inputs: Iterable[str | Path], out: str | Path, 
     Returns one record per image with its path, the image score (max of the map) and output files.
     """
     from .mvtec import load_image
-    from .scoring import anomaly_maps
     from .figures import save_overlay
 
     model = GlanceModel.load(run_dir)
-    stats = None
-    if model.preset.score_norm != "none":
-        stats = dict(score_stats(run_dir, model), method=model.preset.score_norm)
+    p = model.preset
+    scales = run_scales(run_dir, model)
     files = _collect_images(inputs)
     out = Path(out)
     records = []
     for f in tqdm(files, desc="predict", disable=not progress):
-        img = load_image(f, model.preset.image_size)
-        amap = anomaly_maps(model, img[None], normalise=stats)[0].numpy()
+        img = load_image(f, p.image_size)
+        hm = combined_head_maps(scales, img[None], [p.score_norm])[p.score_norm]
+        amap = (p.lambda_s * hm["iad"] + (1 - p.lambda_s) * hm["dad"])[0].numpy()
         tif = write_tiff(out / f"{f.stem}.tiff", amap)
         png = save_overlay(out / f"{f.stem}.png", img.permute(1, 2, 0).numpy(), amap, None, title=f.name)
         records.append({"image": str(f), "score": float(amap.max()), "map": str(tif), "overlay": str(png)})

@@ -43,6 +43,11 @@ class Preset:
     """Side of the square image the networks see. paper: 256 (Sec. 4.2, supplement)."""
     patch_size: int = 33
     """Side p of the square patch. paper: 33; UniStud offers 17, 33 and 65."""
+    extra_patch_sizes: tuple[int, ...] = ()
+    """Multi-scale maps: other patch sizes (17, 33 or 65), each with its own Local-Net, Global-Net and
+    heads, trained in ``RUN/scales/p<size>/``.  At evaluation every size's head maps are standardised
+    with its own training-image statistics (``score_norm``) and averaged with those of ``patch_size``.
+    Empty: one scale, as in the paper. UniStud (its multi-scale TS); ours for glance-lite."""
     batch_size: int = 64
     """Mini-batch size for every training stage. paper: 64."""
     lr: float = 1e-4
@@ -123,6 +128,10 @@ class Preset:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"preset field {name}={getattr(self, name)!r}: choose one of {allowed}")
+        bad = [p for p in self.extra_patch_sizes if p not in (17, 33, 65) or p == self.patch_size]
+        if bad or len(set(self.extra_patch_sizes)) != len(self.extra_patch_sizes):
+            raise ValueError(f"preset field extra_patch_sizes={self.extra_patch_sizes}: distinct sizes among "
+                             f"17, 33, 65, other than patch_size={self.patch_size}")
         if self.global_holes < 1:
             raise ValueError(f"preset field global_holes={self.global_holes}: must be at least 1")
 

@@ -650,6 +650,41 @@ def run_ts_baseline(run_dir: str | Path, data_root: str | Path, category: str, p
     students are trained (or their training resumed) with the defaults of :func:`fit_students`.
     Returns the dict written to ``run_dir/metrics_ts.json``.
     """
+    from .model import GlanceModel
+    from .training import scale_dir
+
     if not (Path(run_dir) / "students.pt").is_file():
         fit_students(run_dir, data_root, category, progress=progress)
-    return evaluate_students(run_dir, data_root, category, progress=progress)
+    result = evaluate_students(run_dir, data_root, category, progress=progress)
+    extra = GlanceModel.load(run_dir).preset.extra_patch_sizes
+    if not extra:
+        return result
+    # multi-scale (as in Uninformed Students): the students of every patch size, each map standardised
+    # with its own training statistics (StudentEnsemble.normalise), averaged
+    size0 = result["preset_fields"]["patch_size"]
+    singles = {f"p{size0}": result}
+    for size in extra:
+        sub = scale_dir(run_dir, size)
+        if not (sub / "students.pt").is_file():
+            fit_students(sub, data_root, category, progress=progress)
+        singles[f"p{size}"] = evaluate_students(sub, data_root, category, progress=progress)
+    folders = [Path(run_dir)] + [scale_dir(run_dir, size) for size in extra]
+    loaded = [np.load(f / "ts_maps.npz") for f in folders]
+    maps_a = np.mean([d["maps"] for d in loaded], axis=0)
+    d0 = loaded[0]
+    masks_a = d0["masks"] if d0["masks"].size else None
+    result = dict(result, **_metrics(maps_a, masks_a, d0["labels"]),
+                  method="TS (Uninformed Students), multi-scale: standardised maps of each patch size averaged",
+                  patch_sizes=[size0, *extra],
+                  scales={k: {m: v.get(m) for m in ("image_AUROC", "pixel_AUROC", "AU-PRO")} for k, v in singles.items()},
+                  seconds_per_image=round(sum(v["seconds_per_image"] for v in singles.values()), 4),
+                  fit_seconds=round(sum(v["fit_seconds"] for v in singles.values()), 1))
+
+    def _npz(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, maps=maps_a.astype(np.float32), masks=d0["masks"], labels=d0["labels"],
+                                defects=d0["defects"], paths=d0["paths"])
+
+    atomic_write(Path(run_dir) / "ts_maps.npz", _npz)
+    atomic_write_json(Path(run_dir) / "metrics_ts.json", result)
+    return result

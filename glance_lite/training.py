@@ -619,4 +619,17 @@ def fit(
         plot_history(hist, out / "losses.png")
     except Exception:  # noqa: BLE001 - a figure must never lose a finished run
         pass
+    for size in preset.extra_patch_sizes:  # multi-scale: one more complete run per patch size
+        fit(data_root, category, scale_dir(out, size), scale_preset(preset, size), teacher=teacher,
+            progress=progress, pretrain_dir=pretrain_dir, corpus_folder=corpus_folder)
     return model
+
+
+def scale_preset(preset: Preset, size: int) -> Preset:
+    """The single-scale preset of one extra patch size of a multi-scale preset."""
+    return preset.replace(patch_size=size, extra_patch_sizes=())
+
+
+def scale_dir(run_dir: str | Path, size: int) -> Path:
+    """Where a multi-scale run keeps the complete run of one extra patch size."""
+    return Path(run_dir) / "scales" / f"p{size}"

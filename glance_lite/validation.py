@@ -547,7 +547,8 @@ NORMS = CHOICES["score_norm"]
 
 _NUM = ("AU-PRO", "pixel_AUROC", "image_AUROC", "iad_only_AU-PRO", "dad_only_AU-PRO", "ts_AU-PRO",
         "ts_pixel_AUROC", "glance_minus_ts_AU-PRO", "glance_minus_ts_pixel_AUROC", "seconds") + tuple(
-        f"{k}_{n}" for n in NORMS for k in ("AU-PRO", "iad_only_AU-PRO"))
+        f"{k}_{n}" for n in NORMS for k in ("AU-PRO", "iad_only_AU-PRO")) + tuple(
+        f"{k}_p{size}" for size in (17, 33, 65) for k in ("AU-PRO", "ts_AU-PRO"))
 """The numeric columns of a row (the mean row averages each over the finished rows that have it)."""
 
 
@@ -600,6 +601,8 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
     for n, nm in m.get("normalisations", {}).items():
         row[f"AU-PRO_{n}"] = nm.get("AU-PRO")
         row[f"iad_only_AU-PRO_{n}"] = nm.get("iad_only", {}).get("AU-PRO")
+    for k, v in (m.get("scales") or {}).items():  # multi-scale runs: each patch size alone
+        row[f"AU-PRO_{k}"] = v.get("AU-PRO")
     row["ts"] = None
     t_ts = 0.0
     if ts and m.get("AU-PRO") is not None:
@@ -609,6 +612,8 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
         tsm = run_ts_baseline(run, data_root, src.category, progress=progress)
         t_ts = time.perf_counter() - t2
         row["ts"] = {k: tsm.get(k) for k in ("AU-PRO", "pixel_AUROC", "image_AUROC")}
+        for k, v in (tsm.get("scales") or {}).items():
+            row[f"ts_AU-PRO_{k}"] = v.get("AU-PRO")
     tsr = row["ts"] or {}
     row["ts_AU-PRO"], row["ts_pixel_AUROC"] = tsr.get("AU-PRO"), tsr.get("pixel_AUROC")
     row["glance_minus_ts_AU-PRO"] = _diff(row["AU-PRO"], row["ts_AU-PRO"])
