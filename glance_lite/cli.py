@@ -20,6 +20,12 @@ from .fileio import GlanceError
 __all__ = ["main", "build_parser"]
 
 
+def _device_option(p: argparse.ArgumentParser) -> None:
+    from .devices import DEVICE_HELP
+
+    p.add_argument("--device", default=None, help=f"where to run: {DEVICE_HELP} (default: $GLANCE_DEVICE or auto)")
+
+
 def _variant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=None, metavar="FIELD=VALUE",
                    help="change one preset field (repeatable), e.g. --set global_steps=3000")
@@ -92,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--pretrained", default=None, choices=["shipped", "none"],
                      help="start from the Local-Net shipped in the package (default for cpu) or distil here")
     fit.add_argument("--quiet", action="store_true")
+    _device_option(fit)
     _variant_options(fit)
 
     ev = sub.add_parser("evaluate", help="score the test split and write metrics, maps and overlays")
@@ -100,12 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--category", required=True)
     ev.add_argument("--overlays", type=int, default=None, help="max overlay PNGs per defect type")
     ev.add_argument("--quiet", action="store_true")
+    _device_option(ev)
 
     pr = sub.add_parser("predict", help="anomaly maps for images without labels")
     pr.add_argument("run")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True)
     pr.add_argument("--quiet", action="store_true")
+    _device_option(pr)
 
     rp = sub.add_parser("reproduce", help="fit + evaluate every category present; write results files")
     rp.add_argument("--out", default="results")
@@ -116,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--runs", default=None, help="where run folders go (default data/runs)")
     rp.add_argument("--category", action="append", default=None)
     rp.add_argument("--no-ts", action="store_true", help="skip the TS (Uninformed Students) baseline")
+    _device_option(rp)
     _variant_options(rp)
 
     va = sub.add_parser("validate", help="choose settings without the test split: fit + evaluate + TS on "
@@ -130,12 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder for <preset>/validation.json (default: --out), e.g. results/validation")
     va.add_argument("--no-ts", action="store_true", help="skip the TS (Uninformed Students) baseline")
     va.add_argument("--quiet", action="store_true")
+    _device_option(va)
     _variant_options(va)
     return ap
 
 
 def _run(args: argparse.Namespace) -> int:
     from .presets import describe, get_preset
+
+    if getattr(args, "device", None):  # a missing GPU is a one-line error before anything starts
+        from .devices import resolve_device
+
+        resolve_device(args.device)
 
     if args.cmd == "info":
         p = get_preset(args.preset)
@@ -180,20 +196,21 @@ def _run(args: argparse.Namespace) -> int:
         p = _preset_from_args(args)
         print(describe(p), file=sys.stderr)
         fit(args.data, args.category, args.out, p, teacher=args.teacher, progress=not args.quiet,
-            corpus_folder=args.corpus)
+            corpus_folder=args.corpus, device=args.device)
         print(Path(args.out) / "model.pt")
         return 0
     if args.cmd == "evaluate":
         from .evaluation import evaluate_run
 
-        res = evaluate_run(args.run, args.data, args.category, progress=not args.quiet, overlays=args.overlays)
+        res = evaluate_run(args.run, args.data, args.category, progress=not args.quiet, overlays=args.overlays,
+                           device=args.device)
         print(json.dumps({k: res[k] for k in ("category", "image_AUROC", "pixel_AUROC", "AU-PRO",
                                               "seconds_per_image", "preset")}))
         return 0
     if args.cmd == "predict":
         from .evaluation import predict
 
-        recs = predict(args.run, args.inputs, args.out, progress=not args.quiet)
+        recs = predict(args.run, args.inputs, args.out, progress=not args.quiet, device=args.device)
         for r in recs:
             print(f"{r['score']:.6f}\t{r['image']}")
         return 0
@@ -201,7 +218,7 @@ def _run(args: argparse.Namespace) -> int:
         from .reproduce import reproduce
 
         reproduce(args.out, data_roots=args.data, preset=_preset_from_args(args), teacher=args.teacher,
-                  runs=args.runs, categories=args.category, ts=not args.no_ts)
+                  runs=args.runs, categories=args.category, ts=not args.no_ts, device=args.device)
         return 0
     if args.cmd == "validate":
         from .validation import run_cli
@@ -209,7 +226,7 @@ def _run(args: argparse.Namespace) -> int:
         p = _preset_from_args(args)
         print(describe(p), file=sys.stderr)
         return run_cli(args.source, args.out, p, teacher=args.teacher, ts=not args.no_ts, progress=not args.quiet,
-                       results=args.results)
+                       results=args.results, device=args.device)
     raise AssertionError(args.cmd)  # pragma: no cover
 
 

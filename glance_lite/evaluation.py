@@ -58,18 +58,22 @@ def evaluate_run(
     write_maps: bool = True,
     overlays: int | None = None,
     preset: Preset | None = None,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Score every test image of ``category`` with the run's model and write the results.
 
     ``overlays`` caps the number of overlay PNGs per defect type (None: all).  ``preset``, when
     given, must match the run's training fields; its evaluation fields (score normalisation,
-    lambda_s, grid stride, IDW) are used instead of those stored with the run.
+    lambda_s, grid stride, IDW) are used instead of those stored with the run.  ``device``: where
+    the networks run (:func:`glance_lite.devices.resolve_device`; default ``GLANCE_DEVICE`` or auto).
     """
+    from .devices import resolve_device
+
     from .mvtec import MVTecDataset, find_category
     from .scoring import normalised_head_maps
 
     run_dir = Path(run_dir)
-    model = GlanceModel.load(run_dir)
+    model = GlanceModel.load(run_dir).to(resolve_device(device))
     if preset is not None:
         if training_fields(preset) != training_fields(model.preset):
             raise GlanceError(f"{run_dir}: was fitted with other training settings than preset {preset.name!r}")
@@ -168,7 +172,7 @@ def run_scales(run_dir: str | Path, model: GlanceModel, category: Any = None,
         sub = scale_dir(run_dir, size)
         if not (sub / "model.pt").is_file():
             raise GlanceError(f"{sub}: the multi-scale run has no model for patch size {size}; run fit again")
-        m = GlanceModel.load(sub)
+        m = GlanceModel.load(sub).to(next(model.parameters()).device)
         if training_fields(m.preset) != training_fields(scale_preset(model.preset, size)):
             raise GlanceError(f"{sub}: was fitted with other settings than the run's patch size {size}")
         m.preset = scale_preset(model.preset, size)
@@ -264,7 +268,8 @@ def _collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def predict(run_dir: str | Path, inputs: Iterable[str | Path], out: str | Path, progress: bool = True) -> list[dict[str, Any]]:
+def predict(run_dir: str | Path, inputs: Iterable[str | Path], out: str | Path, progress: bool = True,
+            device: str | torch.device | None = None) -> list[dict[str, Any]]:
     """Anomaly maps (``.tiff``) and overlays (``.png``) for images without labels.
 
     Returns one record per image with its path, the image score (max of the map) and output files.
@@ -272,7 +277,9 @@ def predict(run_dir: str | Path, inputs: Iterable[str | Path], out: str | Path, 
     from .mvtec import load_image
     from .figures import save_overlay
 
-    model = GlanceModel.load(run_dir)
+    from .devices import resolve_device
+
+    model = GlanceModel.load(run_dir).to(resolve_device(device))
     p = model.preset
     scales = run_scales(run_dir, model)
     files = _collect_images(inputs)
@@ -281,7 +288,7 @@ def predict(run_dir: str | Path, inputs: Iterable[str | Path], out: str | Path, 
     for f in tqdm(files, desc="predict", disable=not progress):
         img = load_image(f, p.image_size)
         hm = combined_head_maps(scales, img[None], [p.score_norm])[p.score_norm]
-        amap = (p.lambda_s * hm["iad"] + (1 - p.lambda_s) * hm["dad"])[0].numpy()
+        amap = (p.lambda_s * hm["iad"] + (1 - p.lambda_s) * hm["dad"])[0].cpu().numpy()
         tif = write_tiff(out / f"{f.stem}.tiff", amap)
         png = save_overlay(out / f"{f.stem}.png", img.permute(1, 2, 0).numpy(), amap, None, title=f.name)
         records.append({"image": str(f), "score": float(amap.max()), "map": str(tif), "overlay": str(png)})

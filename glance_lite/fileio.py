@@ -104,10 +104,30 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def save_torch(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomically ``torch.save`` ``obj`` (tensors, dicts, lists, numbers and strings only)."""
+def cpu_state(obj: Any) -> Any:
+    """A copy of a (nested) state dict with every tensor on the CPU (others are shared, not copied)."""
     import torch
 
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu")
+    if isinstance(obj, dict):
+        out = type(obj)((k, cpu_state(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a module's state_dict keeps its version information
+            out._metadata = obj._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_state(v) for v in obj)
+    return obj
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically ``torch.save`` ``obj`` (tensors, dicts, lists, numbers and strings only).
+
+    Every tensor is saved from the CPU, so a file written on a GPU loads anywhere: checkpoints and run
+    folders are device-free (:mod:`glance_lite.devices`)."""
+    import torch
+
+    obj = cpu_state(obj)
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 

@@ -70,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .devices import Precision, module_device, pin, resolve_device, to_device
 from .cifar import CIFAR10_CLASSES, OneClassSplit, load_cifar10, one_class_split
 from .fileio import DatasetError, GlanceError, atomic_write, atomic_write_json, load_torch, save_torch, short_hash
 from .global_net import GlobalNet, hole_mask
@@ -442,7 +443,9 @@ def global_mask(batch: int, image_size: int, patch_size: int, hole: str = "none"
 @torch.no_grad()
 def local_features(local_net: torch.nn.Module, images: Tensor, patch_size: int, batch_size: int = 256) -> Tensor:
     """``Z_l = L(I_L)`` for every image (N, 3, h, w) in [0, 1], ``I_L`` = image resized to p: (N, n)."""
-    out = [local_net(resize_images(images[i : i + batch_size], patch_size)) for i in range(0, len(images), batch_size)]
+    dev = module_device(local_net)
+    out = [local_net(resize_images(to_device(images[i : i + batch_size], dev), patch_size)).cpu()
+           for i in range(0, len(images), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, getattr(local_net, "dim", 0))
 
 
@@ -453,9 +456,10 @@ def global_features(
 ) -> Tensor:
     """``Z_g = G(I_G, M)`` for every image, ``I_G`` = image resized to ``image_size``: (N, n)."""
     out = []
+    dev = module_device(global_net)
     for i in range(0, len(images), batch_size):
-        xg = resize_images(images[i : i + batch_size], image_size)
-        out.append(global_net(xg, global_mask(len(xg), image_size, patch_size, hole)))
+        xg = resize_images(to_device(images[i : i + batch_size], dev), image_size)
+        out.append(global_net(xg, global_mask(len(xg), image_size, patch_size, hole).to(dev)).cpu())
     return torch.cat(out) if out else torch.zeros(0, getattr(global_net, "dim", 0))
 
 
@@ -503,14 +507,17 @@ def train_one_class_global(
         raise GlanceError(f"{n} images but {len(z_local)} local features")
     params = list(model.global_net.parameters()) + list(model.dad.parameters())
     opt = torch.optim.Adam(params, lr=settings.lr, weight_decay=p.weight_decay)
-    mask = global_mask(settings.batch_size, settings.image_size, p.patch_size, settings.hole)
+    dev = module_device(model.global_net)
+    mask = global_mask(settings.batch_size, settings.image_size, p.patch_size, settings.hole).to(dev)
+    images, z_local = pin(images.cpu(), dev), pin(z_local.cpu(), dev)
 
     def step_fn(step: int) -> dict[str, Tensor]:
         g, _ = step_generators(p.seed, "global", step)
         idx = torch.randint(n, (settings.batch_size,), generator=g)
         other = different_indices(idx, n, g)
-        xg = resize_images(images[idx], settings.image_size)
-        return one_class_loss(model.global_net, model.dad, z_local[idx], z_local[other], xg, mask, p.lambda_t)
+        xg = resize_images(to_device(images[idx], dev), settings.image_size)
+        return one_class_loss(model.global_net, model.dad, to_device(z_local[idx], dev),
+                              to_device(z_local[other], dev), xg, mask, p.lambda_t)
 
     return run_stage(
         "global",
@@ -522,6 +529,7 @@ def train_one_class_global(
         p.checkpoint_every,
         stop_after=stop_after,
         progress=progress,
+        precision=Precision(dev, p.mixed_precision),
     )
 
 
@@ -550,8 +558,11 @@ def _identity(split: OneClassSplit, dataset: str, preset: Preset, settings: OneC
 class _Pretrained:
     """The pre-trained Local-Net (stage 1), loaded once and shared by the classes of a table."""
 
-    def __init__(self, preset: Preset, teacher: str, pretrain_dir: str | Path | None, progress: bool) -> None:
-        trainer, self.history, self.teacher_name = pretrain_local(preset, teacher, pretrain_dir, progress=progress)
+    def __init__(self, preset: Preset, teacher: str, pretrain_dir: str | Path | None, progress: bool,
+                 device: str | torch.device | None = "cpu") -> None:
+        self.device = resolve_device(device)
+        trainer, self.history, self.teacher_name = pretrain_local(preset, teacher, pretrain_dir, progress=progress,
+                                                                  device=self.device)
         self.preset = preset
         self.teacher_dim = int(trainer.decoder.out_features)
         self.state = {
@@ -564,17 +575,18 @@ class _Pretrained:
 
     def trainer(self) -> LocalTrainer:
         """A fresh trainer holding the pre-trained weights (fine-tuning changes only this copy)."""
-        t = LocalTrainer(self.preset, self.teacher_dim)
+        t = LocalTrainer(self.preset, self.teacher_dim, self.device)
         t.local_net.load_state_dict(self.state["local_net"])
         t.decoder.load_state_dict(self.state["decoder"])
-        t.mean, t.std = self.state["mean"].clone(), self.state["std"].clone()
+        t.mean, t.std = self.state["mean"].cpu().clone(), self.state["std"].cpu().clone()
         return t
 
     def teacher(self) -> torch.nn.Module:
         if self._teacher is None:
             from .teachers import load_teacher
 
-            self._teacher = load_teacher(self.teacher_name, input_size=self.preset.teacher_input_size, verbose=False)
+            self._teacher = load_teacher(self.teacher_name, input_size=self.preset.teacher_input_size,
+                                         verbose=False).to(self.device)
         return self._teacher
 
 
@@ -589,6 +601,7 @@ def _fit_split(
     progress: bool = True,
     stop_after: int | None = None,
     pretrained: _Pretrained | None = None,
+    device: str | torch.device | None = None,
 ) -> Path:
     from .teachers import teacher_features
 
@@ -612,7 +625,7 @@ def _fit_split(
     images = to_float_images(split.train_x)
     p = preset.patch_size
 
-    pre = pretrained if pretrained is not None else _Pretrained(preset, teacher, pretrain_dir, progress)
+    pre = pretrained if pretrained is not None else _Pretrained(preset, teacher, pretrain_dir, progress, device)
     trainer, h_pre, tname = pre.trainer(), pre.history, pre.teacher_name
     cache_path = out / "checkpoints" / "finetune_cache.pt"
     if cache_path.is_file():
@@ -621,7 +634,8 @@ def _fit_split(
         ft = images[: settings.finetune_images] if settings.finetune_images else images
         pt = resize_images(ft, p)
         cache = {"patches": (pt * 255).round().to(torch.uint8),
-                 "targets": teacher_features(pre.teacher(), pt, progress=progress)}
+                 "targets": teacher_features(pre.teacher(), pt, progress=progress,
+                                             mixed_precision=preset.mixed_precision)}
         save_torch(cache_path, cache)
     h_fine = trainer.train("finetune", cache["patches"].float() / 255, cache["targets"], settings.finetune_steps,
                            out / "checkpoints" / "finetune.pt", progress=progress)
@@ -633,6 +647,7 @@ def _fit_split(
     torch.manual_seed(preset.seed + 3)
     model.global_net = GlobalNet.from_preset(preset)
     model.dad = DADHead(preset.descriptor_dim, preset.dad_hidden)
+    model.to(pre.device)
     z_local = local_features(model.local_net, images, p)
     h_glob = train_one_class_global(model, images, z_local, settings, out / "checkpoints" / "global.pt",
                                     stop_after=stop_after, progress=progress)
@@ -669,6 +684,7 @@ def fit_one_class(
     teacher: str = "auto",
     pretrain_dir: str | Path | None = None,
     stop_after: int | None = None,
+    device: str | torch.device | None = None,
 ) -> Path:
     """Fit the one-class model of ``normal_class`` into the run folder ``out_dir``; returns it.
 
@@ -680,7 +696,8 @@ def fit_one_class(
     """
     settings = settings or one_class_settings(preset)
     split = load_split(normal_class, dataset, npz_dir, root, preset.seed, settings.max_train, settings.max_test)
-    return _fit_split(split, dataset, preset, settings, out_dir, teacher, pretrain_dir, progress, stop_after)
+    return _fit_split(split, dataset, preset, settings, out_dir, teacher, pretrain_dir, progress, stop_after,
+                      device=device)
 
 
 def load_one_class(run_dir: str | Path) -> tuple[GlanceModel, OneClassSettings, dict[str, Any]]:
@@ -713,6 +730,7 @@ def score_one_class(
     settings: OneClassSettings | None = None,
     lambda_s: float | None = None,
     batch_size: int = 128,
+    device: str | torch.device | None = None,
 ) -> OneClassScores:
     """Anomaly scores of whole images (uint8 (N, H, W, 3) or float (N, 3, H, W)); high = outlier.
 
@@ -728,12 +746,16 @@ def score_one_class(
         model, s, _ = load_one_class(run)
         settings = settings or s
     model.eval()
+    if device is not None or not isinstance(run, GlanceModel):
+        model.to(resolve_device(device))
     x = to_float_images(images)
     p = model.preset
     z_l = local_features(model.local_net, x, p.patch_size, batch_size)
     z_g = global_features(model.global_net, x, settings.image_size, p.patch_size, settings.hole, batch_size)
-    s_iad = iad_score(z_l, z_g)
-    s_dad = dad_score(model.dad, z_l, z_g)
+    dev = module_device(model.dad)
+    z_l, z_g = z_l.to(dev), z_g.to(dev)
+    s_iad = iad_score(z_l, z_g).cpu()
+    s_dad = dad_score(model.dad, z_l, z_g).cpu()
     lam = p.lambda_s if lambda_s is None else float(lambda_s)
     s = combined_score(s_iad, s_dad, lam)
     return OneClassScores(s.numpy().astype(np.float64), s_iad.numpy().astype(np.float64),
@@ -753,6 +775,7 @@ def evaluate_one_class(
     teacher: str = "auto",
     pretrain_dir: str | Path | None = None,
     pretrained: Any = None,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Fit (or reuse) the run of ``normal_class`` in ``out_dir``, score its test split, return metrics.
 
@@ -765,9 +788,10 @@ def evaluate_one_class(
 
     settings = settings or one_class_settings(preset)
     split = load_split(normal_class, dataset, npz_dir, root, preset.seed, settings.max_train, settings.max_test)
-    run = _fit_split(split, dataset, preset, settings, out_dir, teacher, pretrain_dir, progress, pretrained=pretrained)
+    run = _fit_split(split, dataset, preset, settings, out_dir, teacher, pretrain_dir, progress, pretrained=pretrained,
+                     device=device)
     t0 = time.perf_counter()
-    sc = score_one_class(run, split.test_x, settings)
+    sc = score_one_class(run, split.test_x, settings, device=device)
     score_seconds = time.perf_counter() - t0
     cfg = json.loads((run / "config.json").read_text())
     res: dict[str, Any] = {
@@ -812,6 +836,7 @@ def table3(
     settings: OneClassSettings | None = None,
     teacher: str = "auto",
     pretrain_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
 ) -> list[dict[str, Any]]:
     """Table 3: :func:`evaluate_one_class` for each class (default: all), one row per class.
 
@@ -834,9 +859,10 @@ def table3(
     pre: _Pretrained | None = None
     for c in idx:
         if pre is None and not (out / names[c] / "model.pt").is_file():
-            pre = _Pretrained(preset, teacher, pretrain_dir, progress)  # loaded once for all classes
+            pre = _Pretrained(preset, teacher, pretrain_dir, progress, device)  # loaded once for all classes
         row = evaluate_one_class(c, preset, out / names[c], npz_dir, root, progress, dataset=dataset,
-                                 settings=settings, teacher=teacher, pretrain_dir=pretrain_dir, pretrained=pre)
+                                 settings=settings, teacher=teacher, pretrain_dir=pretrain_dir, pretrained=pre,
+                                 device=device)
         row["paper"] = dict(PAPER_TABLE3[names[c]]) if dataset == "cifar10" else None
         rows.append(row)
     atomic_write_json(out / "table3.json", {

@@ -118,6 +118,7 @@ def reproduce(
     categories: Iterable[str] | None = None,
     progress: bool = True,
     ts: bool = True,
+    device: str | None = None,
 ) -> list[dict[str, Any]]:
     """Fit + evaluate each category (and the TS baseline on the same run when ``ts``); write ``out/<preset>/<dataset>/<category>/``; return the rows."""
     from .evaluation import evaluate_run
@@ -136,10 +137,10 @@ def reproduce(
                 continue
             run = runs_root / f"{p.name}-{ds_name}-{cat}"
             t0 = time.perf_counter()
-            fit(root, cat, run, p, teacher=teacher, progress=progress)
+            fit(root, cat, run, p, teacher=teacher, progress=progress, device=device)
             t_fit = time.perf_counter() - t0
             t1 = time.perf_counter()
-            metrics = evaluate_run(run, root, cat, progress=progress, overlays=2, preset=p)
+            metrics = evaluate_run(run, root, cat, progress=progress, overlays=2, preset=p, device=device)
             t_eval = time.perf_counter() - t1
             dest = Path(out) / p.name / ds_name / cat
             dest.mkdir(parents=True, exist_ok=True)
@@ -156,7 +157,7 @@ def reproduce(
                 from .students import run_ts_baseline
 
                 t2 = time.perf_counter()
-                tsm = run_ts_baseline(run, root, cat, progress=progress)
+                tsm = run_ts_baseline(run, root, cat, progress=progress, device=device)
                 metrics["ts"] = {k: tsm.get(k) for k in ("image_AUROC", "pixel_AUROC", "AU-PRO", "seconds_per_image")}
                 metrics["ts"]["wall_seconds"] = round(time.perf_counter() - t2, 1)
             atomic_write_json(dest / "metrics.json", metrics)

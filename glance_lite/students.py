@@ -367,14 +367,17 @@ def train_student(
         idx = torch.randint(n, (min(preset.batch_size, n),), generator=g).to(dev)
         return {"loss": distillation_loss(student(patches[idx].float() / 255), targets[idx])}
 
+    from .devices import Precision
+
     return run_stage(f"students_{k}", {"student": student}, opt, step_fn, steps, ckpt,
-                     preset.checkpoint_every, stop_after=stop_after, progress=progress)
+                     preset.checkpoint_every, stop_after=stop_after, progress=progress,
+                     precision=Precision(dev, preset.mixed_precision))
 
 
 def _device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from .devices import resolve_device
+
+    return resolve_device(device)
 
 
 def _check_category(run_dir: Path, category: str) -> dict[str, Any]:
@@ -573,7 +576,8 @@ def _metrics(maps: np.ndarray, masks: np.ndarray | None, labels: np.ndarray) -> 
     return summary_metrics(maps, masks, labels)
 
 def evaluate_students(
-    run_dir: str | Path, data_root: str | Path, category: str, progress: bool = True
+    run_dir: str | Path, data_root: str | Path, category: str, progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Score the test split with the TS baseline; writes ``run_dir/metrics_ts.json`` and ``ts_maps.npz``.
 
@@ -588,7 +592,9 @@ def evaluate_students(
     run_dir = Path(run_dir)
     model = GlanceModel.load(run_dir)
     cfg = _check_category(run_dir, category)
-    ens = StudentEnsemble.from_run(run_dir)
+    dev = _device(device)
+    ens = StudentEnsemble.from_run(run_dir).to(dev)
+    model.to(dev)
     p = model.preset
     if ens.preset is not None and training_fields(ens.preset) != training_fields(p):  # scoring fields may differ
         raise GlanceError(f"{run_dir / 'students.pt'}: was trained with another preset than {run_dir / 'model.pt'}")
@@ -643,7 +649,8 @@ def evaluate_students(
     return result
 
 
-def run_ts_baseline(run_dir: str | Path, data_root: str | Path, category: str, progress: bool = True) -> dict[str, Any]:
+def run_ts_baseline(run_dir: str | Path, data_root: str | Path, category: str, progress: bool = True,
+                    device: str | torch.device | None = None) -> dict[str, Any]:
     """Fit (or reuse) the students of a finished run and evaluate them: the TS column of Tab. 1.
 
     An existing ``run_dir/students.pt`` is evaluated as it is, whatever its settings; otherwise the
@@ -654,8 +661,8 @@ def run_ts_baseline(run_dir: str | Path, data_root: str | Path, category: str, p
     from .training import scale_dir
 
     if not (Path(run_dir) / "students.pt").is_file():
-        fit_students(run_dir, data_root, category, progress=progress)
-    result = evaluate_students(run_dir, data_root, category, progress=progress)
+        fit_students(run_dir, data_root, category, progress=progress, device=device)
+    result = evaluate_students(run_dir, data_root, category, progress=progress, device=device)
     extra = GlanceModel.load(run_dir).preset.extra_patch_sizes
     if not extra:
         return result
@@ -666,8 +673,8 @@ def run_ts_baseline(run_dir: str | Path, data_root: str | Path, category: str, p
     for size in extra:
         sub = scale_dir(run_dir, size)
         if not (sub / "students.pt").is_file():
-            fit_students(sub, data_root, category, progress=progress)
-        singles[f"p{size}"] = evaluate_students(sub, data_root, category, progress=progress)
+            fit_students(sub, data_root, category, progress=progress, device=device)
+        singles[f"p{size}"] = evaluate_students(sub, data_root, category, progress=progress, device=device)
     folders = [Path(run_dir)] + [scale_dir(run_dir, size) for size in extra]
     loaded = [np.load(f / "ts_maps.npz") for f in folders]
     maps_a = np.mean([d["maps"] for d in loaded], axis=0)

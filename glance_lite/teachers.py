@@ -417,7 +417,8 @@ def load_teacher(
 
 @torch.no_grad()
 def teacher_features(
-    teacher: nn.Module, patches: Tensor, batch_size: int = 32, progress: bool = True
+    teacher: nn.Module, patches: Tensor, batch_size: int = 32, progress: bool = True,
+    mixed_precision: bool = False,
 ) -> Tensor:
     """Teacher features of many patches, computed in batches without gradients.
 
@@ -426,6 +427,8 @@ def teacher_features(
         patches: (N, 3, h, w) in [0, 1], on any device.
         batch_size: patches per forward pass.
         progress: show a tqdm progress bar.
+        mixed_precision: on CUDA, run the teacher under autocast (bfloat16 or float16; see
+            :class:`glance_lite.devices.Precision`); ignored on the CPU.
 
     Returns:
         (N, d) float32 tensor on the CPU, in the order of ``patches``.
@@ -442,9 +445,13 @@ def teacher_features(
         device = next(teacher.parameters()).device
     out: list[Tensor] = []
     starts = range(0, patches.shape[0], batch_size)
+    from .devices import Precision
+
+    prec = Precision(device, mixed_precision)
     for s in tqdm(starts, desc="teacher features", disable=not progress, leave=False):
-        batch = patches[s : s + batch_size].to(device, torch.float32)
-        out.append(teacher(batch).float().cpu())
+        batch = patches[s : s + batch_size].to(device, torch.float32, non_blocking=True)
+        with prec.autocast():
+            out.append(teacher(batch).float().cpu())
     if not out:
         dim = getattr(teacher, "dim", 0)
         return torch.zeros(0, dim)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .devices import Precision, configure, module_device, pin, resolve_device, to_device
 from .fileio import GlanceError, atomic_write_json, load_torch, save_torch, short_hash
 from .fast_features import global_features_incremental
 from .global_net import hole_mask
@@ -99,14 +100,18 @@ def run_stage(
     stop_after: int | None = None,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
+    precision: Precision | None = None,
 ) -> StageHistory:
     """Run ``step_fn(step)`` for steps ``[start, n_steps)``, resuming from ``ckpt_path`` if present.
 
     ``step_fn`` returns a dict of losses whose ``"loss"`` entry is back-propagated.  A checkpoint is
     written every ``every`` steps and at the end.  ``stop_after`` ends the call early after that
     many steps (used to test resuming).  ``extra`` tensors are stored in, and checked against, the
-    checkpoint (e.g. feature normalisation statistics).
+    checkpoint (e.g. feature normalisation statistics).  ``precision``
+    (:class:`glance_lite.devices.Precision`) runs ``step_fn`` under autocast and scales the loss; the
+    default is float32.  Only the logged losses are copied back to the CPU in a step.
     """
+    prec = precision or Precision(torch.device("cpu"), False)
     ckpt_path = Path(ckpt_path)
     hist = StageHistory(stage)
     start = 0
@@ -116,6 +121,8 @@ def run_stage(
             m.load_state_dict(state["modules"][name])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
+        if prec.scaler is not None and state.get("scaler"):
+            prec.scaler.load_state_dict(state["scaler"])
         hist.records = json.loads(state["history"])
         hist.seconds = float(state["seconds"])
 
@@ -130,6 +137,7 @@ def run_stage(
                 "history": json.dumps(hist.records),
                 "seconds": hist.seconds,
                 "extra": extra or {},
+                "scaler": prec.scaler.state_dict() if prec.scaler is not None else {},
             },
         )
 
@@ -141,10 +149,10 @@ def run_stage(
     done_here = 0
     t0 = time.perf_counter()
     for step in range(start, n_steps):
-        losses = step_fn(step)
+        with prec.autocast():
+            losses = step_fn(step)
         optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
+        prec.backward(losses["loss"].float(), optimizer)
         rec = {k: float(v.detach()) for k, v in losses.items()}
         if not all(np.isfinite(list(rec.values()))):
             raise GlanceError(f"{stage}: non-finite loss at step {step}: {rec}")
@@ -187,10 +195,11 @@ class LocalTrainer:
     targets.  The statistics are kept in the checkpoint and reused for fine-tuning.
     """
 
-    def __init__(self, preset: Preset, teacher_dim: int) -> None:
+    def __init__(self, preset: Preset, teacher_dim: int, device: str | torch.device | None = "cpu") -> None:
         self.preset = preset
-        self.local_net = LocalNet(patch_size=preset.patch_size, dim=preset.descriptor_dim)
-        self.decoder = Decoder(preset.descriptor_dim, teacher_dim)
+        self.device = resolve_device(device)
+        self.local_net = LocalNet(patch_size=preset.patch_size, dim=preset.descriptor_dim).to(self.device)
+        self.decoder = Decoder(preset.descriptor_dim, teacher_dim).to(self.device)
         self.mean = torch.zeros(teacher_dim)
         self.std = torch.ones(teacher_dim)
         self.source: dict[str, Any] = {"kind": "distilled here", "steps": preset.pretrain_steps}
@@ -226,7 +235,9 @@ class LocalTrainer:
         p = self.preset
         params = list(self.local_net.parameters()) + list(self.decoder.parameters())
         opt = torch.optim.Adam(params, lr=p.lr, weight_decay=p.weight_decay)
-        tn = (targets - self.mean) / self.std
+        dev = self.device
+        tn = pin((targets.cpu() - self.mean.cpu()) / self.std.cpu(), dev)
+        patches = pin(patches.cpu(), dev)
         n = len(patches)
 
         def step_fn(step: int) -> dict[str, torch.Tensor]:
@@ -235,8 +246,8 @@ class LocalTrainer:
                     group["lr"] = float(lr_at(step))
             g, _ = step_generators(p.seed, stage, step)
             idx = torch.randint(n, (min(p.batch_size, n),), generator=g)
-            z = self.local_net(patches[idx].float())
-            total, parts = local_loss(self.decoder(z), tn[idx], z, p.lambda_k, p.lambda_c)
+            z = self.local_net(to_device(patches[idx], dev, torch.float32))
+            total, parts = local_loss(self.decoder(z), to_device(tn[idx], dev), z, p.lambda_k, p.lambda_c)
             return {"loss": total, **{k: v for k, v in parts.items() if k not in ("loss", "total")}}
 
         return run_stage(
@@ -249,6 +260,7 @@ class LocalTrainer:
             p.checkpoint_every,
             stop_after=stop_after,
             progress=progress,
+            precision=Precision(dev, p.mixed_precision),
         )
 
     def save(self, path: Path) -> None:
@@ -269,13 +281,14 @@ class LocalTrainer:
         """Networks and teacher statistics from a dict as :meth:`save` writes it (or the shipped weights)."""
         self.local_net.load_state_dict(s["local_net"])
         self.decoder.load_state_dict(s["decoder"])
-        self.mean, self.std = s["mean"], s["std"]
+        self.mean, self.std = s["mean"].cpu(), s["std"].cpu()
 
 
-def _teacher_targets(teacher: nn.Module, patches: torch.Tensor, progress: bool) -> torch.Tensor:
+def _teacher_targets(teacher: nn.Module, patches: torch.Tensor, progress: bool,
+                     mixed_precision: bool = False) -> torch.Tensor:
     from .teachers import teacher_features
 
-    return teacher_features(teacher, patches, progress=progress)
+    return teacher_features(teacher, patches, progress=progress, mixed_precision=mixed_precision)
 
 
 def _cached(path: Path, make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -303,6 +316,7 @@ def pretrain_local(
     corpus_folder: str | Path | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    device: str | torch.device | None = "cpu",
 ) -> tuple[LocalTrainer, StageHistory, str]:
     """Stage 1: distil the Local-Net on natural-image patches; returns (trainer, history, teacher name).
 
@@ -320,7 +334,8 @@ def pretrain_local(
 
     t = load_teacher(preset.teacher if teacher == "auto" and preset.teacher != "auto" else teacher,
                      input_size=preset.teacher_input_size, verbose=progress)
-    trainer = LocalTrainer(preset, t.dim)
+    trainer = LocalTrainer(preset, t.dim, device)
+    t.to(trainer.device)
     if preset.pretrained == "shipped" and corpus_folder is None:
         from .shipped import find_shipped, load_shipped
 
@@ -356,7 +371,7 @@ def pretrain_local(
     def make() -> dict[str, torch.Tensor]:
         imgs = natural_images(corpus_folder)
         pt = sample_patches(imgs, preset.pretrain_patches, preset.patch_size, seed=preset.seed)
-        return {"patches": (pt * 255).round().to(torch.uint8), "targets": _teacher_targets(t, pt, progress)}
+        return {"patches": (pt * 255).round().to(torch.uint8), "targets": _teacher_targets(t, pt, progress, preset.mixed_precision)}
 
     cache = _cached(out / "cache.pt", make)
     patches = cache["patches"].float() / 255
@@ -392,7 +407,7 @@ def finetune_local(
 
     def make() -> dict[str, torch.Tensor]:
         pt = _random_crops(train_images, p.finetune_patches, p.patch_size, p.seed + 1)
-        return {"patches": (pt * 255).round().to(torch.uint8), "targets": _teacher_targets(teacher, pt, progress)}
+        return {"patches": (pt * 255).round().to(torch.uint8), "targets": _teacher_targets(teacher, pt, progress, p.mixed_precision)}
 
     cache = _cached(run_dir / "checkpoints" / "finetune_cache.pt", make)
     return trainer.train("finetune", cache["patches"].float() / 255, cache["targets"], p.finetune_steps,
@@ -422,9 +437,10 @@ def grid_local_cache(model: GlanceModel, images: torch.Tensor, progress: bool = 
     on a CPU.
     """
     outs, tops, lefts = [], None, None
+    dev = module_device(model.local_net)
     for s in tqdm(range(0, len(images), chunk), desc="local features", disable=not progress, leave=False):
-        z, tops, lefts = model.local_net.on_grid(images[s : s + chunk])
-        outs.append(z.half())
+        z, tops, lefts = model.local_net.on_grid(to_device(images[s : s + chunk], dev))
+        outs.append(z.half().cpu())
     return torch.cat(outs), tops, lefts
 
 
@@ -458,6 +474,8 @@ def train_global(
     p = model.preset
     model.freeze_local()
     run_dir = Path(run_dir)
+    dev = module_device(model.global_net)
+    train_images = pin(train_images.cpu(), dev)
     N, _, H, W = train_images.shape
     P = p.patch_size
     params = list(model.global_net.parameters()) + list(model.dad.parameters())
@@ -467,6 +485,8 @@ def train_global(
     if local_cache is None and not _finished(ckpt, p.global_steps):  # a finished stage needs no features
         local_cache = grid_local_cache(model, train_images, progress)
     cache, pos_y, pos_x = local_cache if local_cache is not None else (None, None, None)
+    if cache is not None:
+        cache = pin(cache.cpu(), dev)
     gh, gw = cache.shape[-2:] if cache is not None else (0, 0)
 
     K = int(p.global_holes)  # >= 1, checked by the preset
@@ -486,22 +506,23 @@ def train_global(
         tops, lefts = pos_y[gi], pos_x[gj]
         neg = torch.rand(B, generator=g) < 0.5
         with torch.no_grad():
-            z_l = cache[idx, :, gi, gj].float()
+            z_l = to_device(cache[idx, :, gi, gj], dev, torch.float32)
             z_star = z_l.clone()
             if neg.any():
                 clean = crop_patches(train_images, idx[neg], tops[neg], lefts[neg], P)
-                stained, _ = add_stain(clean, rng)
-                z_star[neg] = model.local_net(stained)
+                stained, _ = add_stain(clean, rng)  # on the CPU: the stains' randomness is device-free
+                z_star[neg.to(dev)] = model.local_net(to_device(stained, dev)).to(z_star.dtype)
         if K == 1:
-            z_g = model.global_net(train_images[idx], hole_mask((H, W), tops, lefts, P))
+            z_g = model.global_net(to_device(train_images[idx], dev), hole_mask((H, W), tops, lefts, P, device=dev))
         else:
+            imgs = to_device(train_images[idx[::K]], dev)
             z_g = torch.cat([
-                global_features_incremental(model.global_net, train_images[idx[a] : idx[a] + 1], tops[a : a + K],
+                global_features_incremental(model.global_net, imgs[a // K : a // K + 1], tops[a : a + K],
                                             lefts[a : a + K], P, batch_size=K, differentiable=True)
                 for a in range(0, B, K)
             ])
         l_iad = iad_score(z_l, z_g).mean()
-        l_dad = dad_loss(model.dad, z_star, z_g, neg.float())
+        l_dad = dad_loss(model.dad, z_star, z_g, neg.float().to(dev))
         return {"loss": l_iad + p.lambda_t * l_dad, "iad": l_iad, "dad": l_dad}
 
     return run_stage(
@@ -514,6 +535,7 @@ def train_global(
         p.checkpoint_every,
         stop_after=stop_after,
         progress=progress,
+        precision=Precision(dev, p.mixed_precision),
     )
 
 
@@ -555,8 +577,12 @@ def fit(
     progress: bool = True,
     pretrain_dir: str | Path | None = None,
     corpus_folder: str | Path | None = None,
+    device: str | torch.device | None = None,
 ) -> GlanceModel:
     """Train every stage for one category and write a run folder (see :mod:`glance_lite.model`).
+
+    ``device`` (default ``GLANCE_DEVICE``, else ``auto``: CUDA when available) is where every stage
+    runs (:func:`glance_lite.devices.resolve_device`); the run folder is device-free.
 
     Re-running the same command resumes from the last checkpoint of the unfinished stage.  A preset
     that differs only in evaluation fields (:data:`glance_lite.presets.EVALUATION_FIELDS`) resumes the
@@ -566,6 +592,8 @@ def fit(
     from .teachers import load_teacher
 
     out = Path(out)
+    dev = resolve_device(device)
+    configure(dev)
     cat = find_category(data_root, category)
     cfg_path = out / "config.json"
     if cfg_path.is_file():
@@ -582,6 +610,7 @@ def fit(
         "teacher_requested": teacher,
         "git_commit": git_commit(),
         "hardware": hardware_info(),
+        "device": str(dev),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if not cfg_path.is_file():
@@ -589,17 +618,19 @@ def fit(
     torch.manual_seed(preset.seed)
     images = load_train_images(cat, preset)
 
-    trainer, h_pre, tname = pretrain_local(preset, teacher, pretrain_dir, corpus_folder, progress)
-    tch = load_teacher(tname, input_size=preset.teacher_input_size, verbose=False)
+    trainer, h_pre, tname = pretrain_local(preset, teacher, pretrain_dir, corpus_folder, progress, device=dev)
+    tch = load_teacher(tname, input_size=preset.teacher_input_size, verbose=False).to(dev)
     h_fine = finetune_local(trainer, images, tch, out, progress)
 
     model = GlanceModel(preset, teacher=tname)
     model.local_net.load_state_dict(trainer.local_net.state_dict())
     model.freeze_local()
-    # the Global-Net must start from the same weights whether or not the run was resumed
+    # the Global-Net must start from the same weights whether or not the run was resumed (and on
+    # every device: initialised on the CPU, then moved)
     torch.manual_seed(preset.seed + 3)
     model.global_net = type(model.global_net).from_preset(preset)
     model.dad = type(model.dad)(preset.descriptor_dim, preset.dad_hidden)
+    model.to(dev)
     h_glob = train_global(model, images, out, progress)
     model.save(out)
     hist = {h.stage: h.to_dict() for h in (h_pre, h_fine, h_glob)}
@@ -621,7 +652,7 @@ def fit(
         pass
     for size in preset.extra_patch_sizes:  # multi-scale: one more complete run per patch size
         fit(data_root, category, scale_dir(out, size), scale_preset(preset, size), teacher=teacher,
-            progress=progress, pretrain_dir=pretrain_dir, corpus_folder=corpus_folder)
+            progress=progress, pretrain_dir=pretrain_dir, corpus_folder=corpus_folder, device=dev)
     return model
 
 

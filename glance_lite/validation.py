@@ -571,7 +571,7 @@ def _data_id(src: Source, data_root: Path) -> str:
 
 
 def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, progress: bool,
-                old: dict | None) -> tuple[dict[str, Any], bool]:
+                old: dict | None, device: str | None = None) -> tuple[dict[str, Any], bool]:
     """Fit, evaluate and (optionally) TS one source; returns (row, reused)."""
     from .evaluation import evaluate_run
     from .training import fit
@@ -588,10 +588,10 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
         return old, True
     run = out / "runs" / f"{src.name}-{key}"
     row.update(key=key, run=str(run), data_root=str(data_root), preset_fields=preset.to_dict())
-    fit(data_root, src.category, run, preset, teacher=teacher, progress=progress)
+    fit(data_root, src.category, run, preset, teacher=teacher, progress=progress, device=device)
     t_fit = time.perf_counter() - t0
     t1 = time.perf_counter()
-    m = evaluate_run(run, data_root, src.category, progress=progress, overlays=0, preset=preset)
+    m = evaluate_run(run, data_root, src.category, progress=progress, overlays=0, preset=preset, device=device)
     t_eval = time.perf_counter() - t1
     heads = m.get("heads", {})
     row.update({k: m.get(k) for k in ("AU-PRO", "pixel_AUROC", "image_AUROC", "n_test", "teacher",
@@ -609,7 +609,7 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
         from .students import run_ts_baseline
 
         t2 = time.perf_counter()
-        tsm = run_ts_baseline(run, data_root, src.category, progress=progress)
+        tsm = run_ts_baseline(run, data_root, src.category, progress=progress, device=device)
         t_ts = time.perf_counter() - t2
         row["ts"] = {k: tsm.get(k) for k in ("AU-PRO", "pixel_AUROC", "image_AUROC")}
         for k, v in (tsm.get("scales") or {}).items():
@@ -665,7 +665,7 @@ def validation_table_markdown(rows: Sequence[dict[str, Any]], mean: bool = True)
 
 def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, preset: Preset | None = None,
              teacher: str = "auto", ts: bool = True, progress: bool = True,
-             results: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+             results: str | os.PathLike | None = None, device: str | None = None) -> list[dict[str, Any]]:
     """Run the validation protocol on ``sources`` (default: :func:`default_sources`); return the rows.
 
     For each source: build the held-out set (``heldout`` mode), ``fit`` into ``out/runs/...``,
@@ -712,7 +712,7 @@ def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, pre
 
     for s in srcs:
         try:
-            row, reused = _run_source(s, out, p, teacher, ts, progress, old_rows.get(s.name))
+            row, reused = _run_source(s, out, p, teacher, ts, progress, old_rows.get(s.name), device)
         except Exception as e:  # noqa: BLE001 - one failing source must not stop the others
             row, reused = {"source": s.name, "root": str(s.root), "category": s.category, "mode": s.mode,
                            "status": "failed", "error": _one_line(e)}, False
@@ -725,13 +725,14 @@ def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, pre
 
 
 def run_cli(source_specs: Sequence[str] | None, out: str, preset: Preset, teacher: str = "auto",
-            ts: bool = True, progress: bool = True, results: str | None = None) -> int:
+            ts: bool = True, progress: bool = True, results: str | None = None, device: str | None = None) -> int:
     """``glance-lite validate``: validate, print the markdown table, one stderr line per failed
     source; returns the exit status (1 when a source failed)."""
     import sys
 
     sources = [parse_source(s) for s in source_specs] if source_specs else None
-    rows = validate(sources, out, preset, teacher=teacher, ts=ts, progress=progress, results=results)
+    rows = validate(sources, out, preset, teacher=teacher, ts=ts, progress=progress, results=results,
+                    device=device)
     print(validation_table_markdown(rows))
     print(Path(results if results is not None else out) / preset.name / "validation.json")
     failed = [r for r in rows if r.get("status") != "ok"]

@@ -114,10 +114,10 @@ def test_global_stage_trains_on_every_scored_hole_position(tmp_path, monkeypatch
     seen_t, seen_l = set(), set()
     real = tr.hole_mask
 
-    def spy(size, tops, lefts, patch):
+    def spy(size, tops, lefts, patch, **kw):
         seen_t.update(int(t) for t in tops)
         seen_l.update(int(v) for v in lefts)
-        return real(size, tops, lefts, patch)
+        return real(size, tops, lefts, patch, **kw)
 
     monkeypatch.setattr(tr, "hole_mask", spy)
     train_global(m, _images(n=3, s=46), tmp_path / "run", progress=False)
