@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.glance-installed
 # MathJax, pinned and hash-checked, served from the book's _static (see tools/fetch_mathjax.py).
 MATHJAX := _vendor/static/mathjax/tex-svg.js
 
-.PHONY: all setup book test unit nbval book-smoke results bench paper-dry clean clean-book
+.PHONY: all setup book test unit nbval book-smoke results bench paper-dry colab-check clean clean-book
 
 all: test
 
@@ -38,7 +38,8 @@ book: $(STAMP) $(MATHJAX)
 # citation or table of contents fails too.  The strict build renders the notebooks nbval has just
 # executed without executing them a second time (same preset, half the time, and no second batch
 # of Jupyter kernels).  Then the built pages are scanned for scripts, styles or fonts from
-# another host (the book must read offline).  Last, `make paper-dry` (about 2 minutes on 2 cores).
+# another host (the book must read offline).  Last, `make paper-dry` (about 2 minutes on 2 cores)
+# and the Colab-style check for one chapter that trains (03) and one that reads results files (06).
 test: $(STAMP) $(MATHJAX)
 	GLANCE_PRESET=smoke $(BIN)/python -m pytest tests -q
 	GLANCE_PRESET=smoke $(BIN)/python -m pytest --nbval-lax notebooks/ -q -p no:cacheprovider
@@ -47,19 +48,25 @@ test: $(STAMP) $(MATHJAX)
 	GLANCE_PRESET=smoke $(BIN)/jupyter-book build . --config _build/_config_check.yml --builder html -W -n --keep-going --path-output _build/smoke
 	$(BIN)/python tools/check_offline_html.py _build/smoke/_build/html
 	$(MAKE) paper-dry
+	$(BIN)/python tools/colab_check.py notebooks/03_heads_and_training.ipynb notebooks/06_mvtec_ad.ipynb
 
 unit: $(STAMP) $(MATHJAX)
 	GLANCE_PRESET=smoke $(BIN)/python -m pytest tests -q
 
 # Regenerate the committed results files the reproduction chapters show (long; CPU or GPU).
 results: $(STAMP)
-	$(BIN)/glance-lite reproduce --out results
+	$(BIN)/glance-lite reproduce --out glance_lite/results
 
 # The paper preset's full-size path (256 px, batch 64, the paper's widths) for a few steps per stage,
 # then evaluation, on the default device (GLANCE_DEVICE / auto); prints seconds per step and peak memory.
 paper-dry: $(STAMP)
 	mkdir -p _build/paper-dry
 	$(BIN)/python -m glance_lite.paper_dry --work _build/paper-dry --out _build/paper-dry/report.json
+
+# Every chapter the way Colab runs it: the wheel (not editable) in a fresh venv, each notebook alone
+# in an empty folder, smoke preset (tools/colab_check.py).  `make test` runs two chapters of it.
+colab-check: $(STAMP)
+	$(BIN)/python tools/colab_check.py
 
 bench: $(STAMP)
 	$(BIN)/python -m glance_lite.bench

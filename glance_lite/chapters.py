@@ -13,7 +13,51 @@ from pathlib import Path
 
 from .presets import Preset, get_preset
 
-__all__ = ["BOOK_CATEGORY", "offline_root", "book_run"]
+__all__ = ["BOOK_CATEGORY", "REPO_URL", "install_cell_source", "sync_install_cells", "offline_root", "book_run",
+           "mvtec_root"]
+
+REPO_URL = "https://github.com/glance-lite/glance-lite"
+"""The one place that names the repository the chapters' Colab install cell installs from.  A fork
+changes it here and runs ``python -m glance_lite.chapters`` to rewrite the cells (or, without
+editing anything, sets ``GLANCE_REPO`` in the Colab runtime before running the first cell)."""
+
+
+def install_cell_source(repo: str = REPO_URL) -> str:
+    """The first cell of every chapter: on Colab only, install what the runtime lacks.
+
+    torch and torchvision are kept at the versions the runtime has (a pip constraint), so they are never
+    reinstalled; if those versions were outside glance-lite's supported range, pip fails loudly instead.
+    """
+    return (
+        "# On Colab only: install glance-lite and what the runtime lacks (torch is kept as it is).\n"
+        "import os, sys\n"
+        'if "google.colab" in sys.modules:\n'
+        "    import torch, torchvision\n"
+        f'    REPO = os.environ.get("GLANCE_REPO", "{repo}")\n'
+        '    with open("/tmp/keep-torch.txt", "w") as fh:\n'
+        '        fh.write(f"torch=={torch.__version__}\\ntorchvision=={torchvision.__version__}\\n")\n'
+        '    %pip install -q -c /tmp/keep-torch.txt "glance-lite[colab] @ git+{REPO}"'
+    )
+
+
+def sync_install_cells(notebooks: str | Path | None = None, repo: str = REPO_URL) -> list[Path]:
+    """Rewrite the first cell of every ``notebooks/*.ipynb`` to :func:`install_cell_source`; returns
+    the notebooks that changed."""
+    import json
+
+    from .fileio import atomic_write_text
+    from .paths import repo_root
+
+    changed = []
+    for nb in sorted(Path(notebooks or repo_root() / "notebooks").glob("*.ipynb")):
+        d = json.loads(nb.read_text())
+        src = install_cell_source(repo)
+        cell = d["cells"][0]
+        if "".join(cell["source"]) != src:
+            cell["source"] = src.splitlines(keepends=True)
+            atomic_write_text(nb, json.dumps(d, indent=1, ensure_ascii=False) + "\n")
+            changed.append(nb)
+    return changed
 
 BOOK_CATEGORY = "cable"
 """The offline category the method chapters train on: an object with logical defects."""
@@ -38,3 +82,37 @@ def book_run(category: str = BOOK_CATEGORY, preset: Preset | None = None, data_r
     if not (run / "model.pt").is_file():
         fit(root, category, run, p, progress=progress)
     return run
+
+
+def mvtec_root(category: str = "bottle", preset: Preset | None = None, download: bool | None = None) -> Path | None:
+    """The dataset root holding MVTec AD ``category``, or None.
+
+    Looks in the shared real data (``GLANCE_SHARED``) and in ``data/mvtec_ad``.  When it is in
+    neither, it is downloaded there (with the checksum-verified :func:`glance_lite.download.download_mvtec`)
+    if ``download`` -- by default only with the ``paper`` preset, i.e. on a GPU, where a chapter opened
+    alone on Colab trains on it.
+    """
+    from .mvtec import find_category
+    from .paths import data_dir, shared_category
+
+    shared = shared_category("mvtec_ad", category)
+    if shared is not None:
+        return shared.parent
+    local = data_dir() / "mvtec_ad"
+    try:
+        find_category(local, category)
+        return local
+    except Exception:  # noqa: BLE001 - not there (or incomplete): download or give up
+        pass
+    p = preset or get_preset()
+    if download is None:
+        download = p.name == "paper"
+    if not download:
+        return None
+    from .download import download_mvtec
+
+    return Path(download_mvtec(local, categories=[category]))
+
+if __name__ == "__main__":  # pragma: no cover
+    for path in sync_install_cells():
+        print(f"rewrote the install cell of {path}")

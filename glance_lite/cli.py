@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--preset", default=None, choices=["smoke", "cpu", "paper"])
     va.add_argument("--teacher", default="auto", choices=["auto", "resnet18", "efficientnet_lite0"])
     va.add_argument("--results", default=None,
-                    help="folder for <preset>/validation.json (default: --out), e.g. results/validation")
+                    help="folder for <preset>/validation.json (default: --out), e.g. glance_lite/results/validation")
     va.add_argument("--no-ts", action="store_true", help="skip the TS (Uninformed Students) baseline")
     va.add_argument("--quiet", action="store_true")
     _device_option(va)

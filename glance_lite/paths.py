@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["repo_root", "data_dir", "shared_data_dir", "shared_category", "runs_dir"]
+__all__ = ["repo_root", "data_dir", "shared_data_dir", "shared_category", "runs_dir", "results_dir"]
 
 
 def repo_root() -> Path:
@@ -32,6 +32,13 @@ def data_dir() -> Path:
     d = Path(os.environ.get("GLANCE_DATA") or repo_root() / "data")
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def results_dir() -> Path:
+    """The committed results files the book shows (``glance_lite/results``), package data: ``pip
+    install`` brings them, so a chapter opened alone (e.g. on Colab) finds them.  ``make results``
+    rewrites them; ``glance-lite reproduce --out DIR`` writes a user's own elsewhere."""
+    return Path(__file__).resolve().parent / "results"
 
 
 def runs_dir() -> Path:

@@ -182,14 +182,17 @@ ARCHIVE = "archive"
 ``cpu`` rows before the shipped Local-Net); :func:`load_results` skips it unless asked."""
 
 
-def load_results(folder: str | Path = "results", preset: str | None = None,
+def load_results(folder: str | Path | None = None, preset: str | None = None,
                  archive: bool = False) -> list[dict[str, Any]]:
     """Read every ``metrics.json`` under ``folder[/preset]`` (with ``ablation`` attached if present).
 
     Files under ``folder/archive/`` are skipped unless ``archive=True``; each row gets ``_folder``
     (its folder) and ``_archived`` (whether it came from the archive, then named by its sub-folder).
     """
-    base = Path(folder) / preset if preset else Path(folder)
+    from .paths import results_dir
+
+    folder = results_dir() if folder is None else Path(folder)
+    base = folder / preset if preset else folder
     rows = []
     for m in sorted(base.rglob("metrics.json")):
         rel = m.relative_to(base).parts
@@ -206,10 +209,12 @@ def load_results(folder: str | Path = "results", preset: str | None = None,
     return rows
 
 
-def load_validation(folder: str | Path = "results/validation") -> dict[str, dict[str, Any]]:
+def load_validation(folder: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """Every ``<name>/validation.json`` under ``folder`` (written by ``glance-lite validate --results``),
     keyed by the preset variant's name."""
+    from .paths import results_dir
+
     out = {}
-    for f in sorted(Path(folder).glob("*/validation.json")):
+    for f in sorted(Path(folder if folder is not None else results_dir() / "validation").glob("*/validation.json")):
         out[f.parent.name] = json.loads(f.read_text())
     return out

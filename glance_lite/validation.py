@@ -674,7 +674,7 @@ def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, pre
     and their mean.  A source already finished with the same preset, teacher and data is not run
     again; a failing source becomes a row with ``status: failed`` and its ``error``, and the others
     still run.  ``results`` puts ``<preset-name>/validation.json`` in another folder than ``out``
-    (e.g. the committed ``results/validation``, while held-out images and runs stay in ``out``).
+    (e.g. the committed ``glance_lite/results/validation``, while held-out images and runs stay in ``out``).
     """
     from .training import git_commit
 

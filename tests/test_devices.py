@@ -101,7 +101,9 @@ def test_fit_records_its_device_and_the_same_seed_gives_the_same_run(tmp_path, m
     root = _tiny_dataset(tmp_path / "ds")
     p = get_preset("smoke")
     fit(root, "widget", tmp_path / "a", p, progress=False, device="cpu")
-    fit(root, "widget", tmp_path / "b", p, progress=False, device=torch.device("cpu"))
+    monkeypatch.delenv("GLANCE_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fit(root, "widget", tmp_path / "b", p, progress=False)  # the default path (auto: the CPU here)
     assert json.loads((tmp_path / "a" / "config.json").read_text())["device"] == "cpu"
     a, b = GlanceModel.load(tmp_path / "a").state_dict(), GlanceModel.load(tmp_path / "b").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,250 @@
+"""The ``glance-lite`` command line: data tools, fit, evaluate, predict, reproduce.
+
+Every user-facing error (a missing run, a wrong category, an unreadable image, a broken dataset)
+is printed as one line on stderr with a non-zero exit status, never as a traceback.
+
+Defined in :doc:`/book/running`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .fileio import GlanceError
+
+__all__ = ["main", "build_parser"]
+
+
+def _device_option(p: argparse.ArgumentParser) -> None:
+    from .devices import DEVICE_HELP
+
+    p.add_argument("--device", default=None, help=f"where to run: {DEVICE_HELP} (default: $GLANCE_DEVICE or auto)")
+
+
+def _variant_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=None, metavar="FIELD=VALUE",
+                   help="change one preset field (repeatable), e.g. --set global_steps=3000")
+    p.add_argument("--name", default=None,
+                   help="name of the changed preset (default: <preset>-custom); results and runs go "
+                        "under this name, so a variant never overwrites the preset's own files")
+
+
+def _preset_from_args(args: argparse.Namespace):
+    from .presets import PRESETS, get_preset, parse_overrides
+
+    try:
+        changes = parse_overrides(args.overrides)
+    except ValueError as e:
+        raise GlanceError(str(e)) from None
+    p = get_preset(args.preset)
+    if args.name is not None and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name)
+                                  or (changes and args.name in PRESETS)):
+        raise GlanceError(f"--name {args.name!r}: use letters, digits, '.', '_' or '-', and not the name "
+                          f"of a built-in preset ({', '.join(sorted(PRESETS))}) for a changed preset")
+    if changes or args.name:
+        p = p.replace(name=args.name or f"{p.name}-custom", **changes)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="glance-lite", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    info = sub.add_parser("info", help="print the preset and the hardware")
+    info.add_argument("--preset", default=None)
+
+    data = sub.add_parser("data", help="dataset tools")
+    dsub = data.add_subparsers(dest="data_cmd", required=True)
+    ins = dsub.add_parser("inspect", help="check a dataset category and print a JSON summary")
+    ins.add_argument("root")
+    ins.add_argument("category")
+    mk = dsub.add_parser("make-offline", help="generate the offline default dataset")
+    mk.add_argument("--out", required=True)
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--size", type=int, default=256)
+    dl = dsub.add_parser("download", help="download MVTec AD (online users)")
+    dl.add_argument("dataset", choices=["mvtec"])
+    dl.add_argument("--out", required=True)
+    dl.add_argument("--category", action="append", default=None, help="repeatable; default: all")
+
+    pt = sub.add_parser("pretrain", help="the long Local-Net distillation on natural images (shipped weights)")
+    pt.add_argument("--out", required=True, help="work folder (resumes if it exists)")
+    pt.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "paper"],
+                    help="gives the patch size, descriptor dimension and teacher input size")
+    pt.add_argument("--teacher", default="auto", choices=["auto", "resnet18", "efficientnet_lite0"])
+    pt.add_argument("--patch-size", type=int, default=None, choices=[17, 33, 65],
+                    help="patch side of the Local-Net (default: the preset's)")
+    pt.add_argument("--corpus", default=None, help="ImageNet-style folder (default: the bundled photographs)")
+    pt.add_argument("--steps", type=int, default=5_000)
+    pt.add_argument("--patches", type=int, default=60_000, help="training patches (teacher features cached)")
+    pt.add_argument("--batch-size", type=int, default=64)
+    pt.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, cosine decay to a tenth)")
+    pt.add_argument("--eval-every", type=int, default=1000, help="steps between held-out evaluations")
+    pt.add_argument("--ship", action="store_true", help="copy the result into glance_lite/weights/")
+    pt.add_argument("--quiet", action="store_true")
+
+    fit = sub.add_parser("fit", help="train Local-Net, Global-Net and DAD head on one category")
+    fit.add_argument("--data", required=True, help="dataset root (holds the category folder)")
+    fit.add_argument("--category", required=True)
+    fit.add_argument("--out", required=True, help="run folder (resumes if it exists)")
+    fit.add_argument("--preset", default=None, choices=["smoke", "cpu", "paper"])
+    fit.add_argument("--teacher", default="auto", choices=["auto", "resnet18", "efficientnet_lite0"])
+    fit.add_argument("--corpus", default=None, help="ImageNet-style folder for Local-Net distillation")
+    fit.add_argument("--pretrained", default=None, choices=["shipped", "none"],
+                     help="start from the Local-Net shipped in the package (default for cpu) or distil here")
+    fit.add_argument("--quiet", action="store_true")
+    _device_option(fit)
+    _variant_options(fit)
+
+    ev = sub.add_parser("evaluate", help="score the test split and write metrics, maps and overlays")
+    ev.add_argument("run")
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--category", required=True)
+    ev.add_argument("--overlays", type=int, default=None, help="max overlay PNGs per defect type")
+    ev.add_argument("--quiet", action="store_true")
+    _device_option(ev)
+
+    pr = sub.add_parser("predict", help="anomaly maps for images without labels")
+    pr.add_argument("run")
+    pr.add_argument("inputs", nargs="+", help="image files or folders")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--quiet", action="store_true")
+    _device_option(pr)
+
+    rp = sub.add_parser("reproduce", help="fit + evaluate every category present; write results files")
+    rp.add_argument("--out", default="results")
+    rp.add_argument("--data", action="append", default=None,
+                    help="dataset root(s); default: shared MVTec AD if present, and the offline set")
+    rp.add_argument("--preset", default=None, choices=["smoke", "cpu", "paper"])
+    rp.add_argument("--teacher", default="auto")
+    rp.add_argument("--runs", default=None, help="where run folders go (default data/runs)")
+    rp.add_argument("--category", action="append", default=None)
+    rp.add_argument("--no-ts", action="store_true", help="skip the TS (Uninformed Students) baseline")
+    _device_option(rp)
+    _variant_options(rp)
+
+    va = sub.add_parser("validate", help="choose settings without the test split: fit + evaluate + TS on "
+                                         "held-out training images with synthetic defects (see validation.py)")
+    va.add_argument("--source", action="append", default=None, metavar="ROOT:CATEGORY[:heldout|test]",
+                    help="repeatable; ROOT 'offline' is the offline set; default: offline categories, "
+                         "hazelnut toy, held-out MVTec AD bottle and screw (those present)")
+    va.add_argument("--out", required=True, help="folder for held-out sets, runs and <preset>/validation.json")
+    va.add_argument("--preset", default=None, choices=["smoke", "cpu", "paper"])
+    va.add_argument("--teacher", default="auto", choices=["auto", "resnet18", "efficientnet_lite0"])
+    va.add_argument("--results", default=None,
+                    help="folder for <preset>/validation.json (default: --out), e.g. glance_lite/results/validation")
+    va.add_argument("--no-ts", action="store_true", help="skip the TS (Uninformed Students) baseline")
+    va.add_argument("--quiet", action="store_true")
+    _device_option(va)
+    _variant_options(va)
+    return ap
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .presets import describe, get_preset
+
+    if getattr(args, "device", None):  # a missing GPU is a one-line error before anything starts
+        from .devices import resolve_device
+
+        resolve_device(args.device)
+
+    if args.cmd == "info":
+        p = get_preset(args.preset)
+        print(describe(p))
+        print(json.dumps(p.to_dict(), indent=2))
+        return 0
+    if args.cmd == "data":
+        if args.data_cmd == "inspect":
+            from .mvtec import inspect_category
+
+            print(json.dumps(inspect_category(args.root, args.category)))
+            return 0
+        if args.data_cmd == "make-offline":
+            from .offline_data import make_offline
+
+            root = make_offline(args.out, seed=args.seed, size=args.size, progress=True)
+            print(root)
+            return 0
+        if args.data_cmd == "download":
+            from .download import download_mvtec
+
+            print(download_mvtec(args.out, categories=args.category))
+            return 0
+    if args.cmd == "pretrain":
+        from .distil import DistilSettings, distil
+
+        st = DistilSettings(steps=args.steps, n_patches=args.patches, batch_size=args.batch_size, lr=args.lr,
+                            eval_every=args.eval_every)
+        p = get_preset(args.preset)
+        if args.patch_size is not None:
+            p = p.replace(patch_size=args.patch_size)
+        print(describe(p), file=sys.stderr)
+        prov = distil(p, args.out, st, teacher=args.teacher, corpus_folder=args.corpus, ship=args.ship,
+                      progress=not args.quiet, command="glance-lite " + " ".join(sys.argv[1:]))
+        print(json.dumps({k: prov[k] for k in ("name", "steps", "heldout", "final", "size_bytes", "sha256")}))
+        return 0
+    if args.cmd == "fit":
+        from .training import fit
+
+        if args.pretrained is not None:
+            args.overrides = (args.overrides or []) + [f"pretrained={args.pretrained}"]
+        p = _preset_from_args(args)
+        print(describe(p), file=sys.stderr)
+        fit(args.data, args.category, args.out, p, teacher=args.teacher, progress=not args.quiet,
+            corpus_folder=args.corpus, device=args.device)
+        print(Path(args.out) / "model.pt")
+        return 0
+    if args.cmd == "evaluate":
+        from .evaluation import evaluate_run
+
+        res = evaluate_run(args.run, args.data, args.category, progress=not args.quiet, overlays=args.overlays,
+                           device=args.device)
+        print(json.dumps({k: res[k] for k in ("category", "image_AUROC", "pixel_AUROC", "AU-PRO",
+                                              "seconds_per_image", "preset")}))
+        return 0
+    if args.cmd == "predict":
+        from .evaluation import predict
+
+        recs = predict(args.run, args.inputs, args.out, progress=not args.quiet, device=args.device)
+        for r in recs:
+            print(f"{r['score']:.6f}\t{r['image']}")
+        return 0
+    if args.cmd == "reproduce":
+        from .reproduce import reproduce
+
+        reproduce(args.out, data_roots=args.data, preset=_preset_from_args(args), teacher=args.teacher,
+                  runs=args.runs, categories=args.category, ts=not args.no_ts, device=args.device)
+        return 0
+    if args.cmd == "validate":
+        from .validation import run_cli
+
+        p = _preset_from_args(args)
+        print(describe(p), file=sys.stderr)
+        return run_cli(args.source, args.out, p, teacher=args.teacher, ts=not args.no_ts, progress=not args.quiet,
+                       results=args.results, device=args.device)
+    raise AssertionError(args.cmd)  # pragma: no cover
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``glance-lite`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except GlanceError as e:
+        print(f"glance-lite: error: {e}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        print(f"glance-lite: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("glance-lite: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Where things live on disk: the repository, ``data/``, runs, and the optional shared real data.
+
+* ``GLANCE_DATA``   -- folder for datasets and runs (default: ``<repo>/data`` or ``./data``).
+* ``GLANCE_SHARED`` -- folder holding real data for development (default: ``<repo>/../shared/data``
+  when it exists).  Tests and chapters use it when present and skip it when not.
+
+Defined in :doc:`/notebooks/00_data`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["repo_root", "data_dir", "shared_data_dir", "shared_category", "runs_dir", "results_dir"]
+
+
+def repo_root() -> Path:
+    """The repository root (the folder holding ``pyproject.toml``), else the working directory."""
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").is_file():
+        return here
+    cwd = Path.cwd().resolve()
+    for p in (cwd, *cwd.parents):
+        if (p / "pyproject.toml").is_file() and (p / "glance_lite").is_dir():
+            return p
+    return cwd
+
+
+def data_dir() -> Path:
+    """The folder for datasets and runs (``GLANCE_DATA`` or ``<repo>/data``), created if needed."""
+    d = Path(os.environ.get("GLANCE_DATA") or repo_root() / "data")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def results_dir() -> Path:
+    """The committed results files the book shows (``glance_lite/results``), package data: ``pip
+    install`` brings them, so a chapter opened alone (e.g. on Colab) finds them.  ``make results``
+    rewrites them; ``glance-lite reproduce --out DIR`` writes a user's own elsewhere."""
+    return Path(__file__).resolve().parent / "results"
+
+
+def runs_dir() -> Path:
+    """``data/runs``: checkpoints and results written by the book's notebooks."""
+    d = data_dir() / "runs"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def shared_data_dir() -> Path | None:
+    """The shared real-data folder when it exists (``GLANCE_SHARED`` or ``<repo>/../shared/data``)."""
+    env = os.environ.get("GLANCE_SHARED")
+    cands = [Path(env)] if env else []
+    cands.append(repo_root().parent / "shared" / "data")
+    for c in cands:
+        if c.is_dir():
+            return c
+    return None
+
+
+def shared_category(dataset: str, category: str) -> Path | None:
+    """``<shared>/<dataset>/<category>`` if present, e.g. ``shared_category('mvtec_ad', 'bottle')``."""
+    s = shared_data_dir()
+    if s is None:
+        return None
+    p = s / dataset / category
+    return p if p.is_dir() else None

@@ -1,0 +1,39 @@
+"""What a chapter opened alone needs: the real MVTec category is found, or downloaded on the paper preset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from glance_lite import chapters
+from glance_lite.presets import get_preset
+
+from test_cli import _tiny_dataset
+
+
+def test_mvtec_root_downloads_only_for_the_paper_preset(tmp_path, monkeypatch):
+    import glance_lite.download as dl
+
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("GLANCE_SHARED", str(tmp_path / "no-shared"))
+    calls = []
+
+    def fake_download(out, categories=None, **kw):
+        calls.append((Path(out), categories))
+        _tiny_dataset(Path(out))  # writes out/widget in MVTec layout
+        return Path(out)
+
+    monkeypatch.setattr(dl, "download_mvtec", fake_download)
+    assert chapters.mvtec_root("widget", get_preset("smoke")) is None and calls == []
+    root = chapters.mvtec_root("widget", get_preset("paper"))
+    assert root == tmp_path / "data" / "mvtec_ad" and calls == [(root, ["widget"])]
+    assert chapters.mvtec_root("widget", get_preset("smoke")) == root and len(calls) == 1  # found, not fetched
+
+
+def test_mvtec_root_prefers_the_shared_data(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    _tiny_dataset(shared / "mvtec_ad")
+    monkeypatch.setenv("GLANCE_SHARED", str(shared))
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
+    assert chapters.mvtec_root("widget", get_preset("paper")) == shared / "mvtec_ad"
