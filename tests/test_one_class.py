@@ -200,6 +200,12 @@ def test_smoke_end_to_end(tmp_path):
         oc.fit_one_class(1, p, run, npz_dir=d, settings=s, pretrain_dir=tmp_path / "pre", progress=False)
     md = oc.table3_markdown(rows)
     assert "0.791" in md and "mean (2)" in md
+    # the book's table: the same numbers, one row per class plus the mean, the paper's columns labelled
+    df = oc.table3_frame(rows)
+    assert list(df.index) == ["airplane", "bird", "mean (2)"]
+    assert df.loc["bird", "ours (Eq. 13)"] == rows[1]["auroc"]
+    assert df.loc["mean (2)", "paper: Ours"] == pytest.approx((oc.PAPER_TABLE3["airplane"]["Ours"]
+                                                              + oc.PAPER_TABLE3["bird"]["Ours"]) / 2)
 
 
 def test_offline_demo_split_follows_the_protocol():
