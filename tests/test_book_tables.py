@@ -1,0 +1,67 @@
+"""The tables chapters 06 and 08 show carry exactly the numbers of the committed results files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from glance_lite import book_tables
+from glance_lite.paper_tables import TABLE1_PRO, TABLE4_LAMBDA_PRO
+from glance_lite.reproduce import load_results, load_validation
+
+pytest.importorskip("pandas")
+
+
+def test_tables_1_and_2_match_the_results_files():
+    rows = load_results()
+    mv = [r for r in rows if r.get("dataset") == "mvtec_ad"]
+    df = book_tables.tables_1_and_2(rows)
+    for r in mv:
+        disk = json.loads(open(f"{r['_folder']}/metrics.json").read())
+        assert df.loc[r["category"], "ours: AU-PRO"] == disk["AU-PRO"]
+        assert df.loc[r["category"], "ours: pixel AUROC"] == disk["pixel_AUROC"]
+        assert df.loc[r["category"], "ours: TS AU-PRO"] == disk["ts"]["AU-PRO"]
+        assert df.loc[r["category"], "paper: AU-PRO"] == TABLE1_PRO[r["category"].capitalize()]["Ours"]
+    if mv:  # the mean is over the categories present, the paper's column over the same ones
+        mean = df.loc[f"mean ({len(mv)})"]
+        assert mean["ours: AU-PRO"] == pytest.approx(np.mean([r["AU-PRO"] for r in mv]))
+        assert mean["paper: AU-PRO"] == pytest.approx(np.mean([TABLE1_PRO[r["category"].capitalize()]["Ours"] for r in mv]))
+    assert all(c not in book_tables.missing_note(rows) for c in {r["category"] for r in mv})
+
+
+def test_offline_and_table_4_match_the_results_files():
+    rows = load_results()
+    off = book_tables.offline_table(rows)
+    for r in (r for r in rows if r.get("dataset") == "offline"):
+        assert off.loc[r["category"], "AU-PRO"] == r["AU-PRO"]
+        assert off.loc[r["category"], "TS AU-PRO"] == r["ts"]["AU-PRO"]
+    t4 = book_tables.table_4(rows)
+    for r in (r for r in rows if "ablation" in r and r.get("dataset") == "mvtec_ad"):
+        for x in r["ablation"]["rows"]:
+            assert t4.loc[(r["category"], f"ours ({r['preset']})"), f"{x['lambda_s']:.1f}"] == x["AU-PRO"]
+        assert t4.loc[(r["category"], "paper"), "0.8"] == TABLE4_LAMBDA_PRO[r["category"].capitalize()]["0.8"]
+
+
+def test_provenance_has_no_absolute_paths(tmp_path):
+    from glance_lite.paths import results_dir
+
+    rows = load_results()
+    html = book_tables.provenance_html(rows, results_dir())
+    assert str(results_dir()) not in html and "<details>" in html
+    assert html.count("<li>") == len(rows)
+
+
+def test_validation_tables_match_the_files():
+    val = load_validation()
+    if not val:
+        pytest.skip("no validation files")
+    lev = book_tables.validation_levers(val)
+    for name, v in val.items():
+        assert lev.loc[name, "AU-PRO"] == v["mean"]["AU-PRO"]
+        assert lev.loc[name, "TS AU-PRO"] == v["mean"]["ts_AU-PRO"]
+    src = book_tables.validation_sources(val)
+    for name, v in val.items():
+        for r in v["rows"]:
+            assert src.loc[r["source"], (name, "glance")] == r["AU-PRO"]
