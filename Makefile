@@ -34,19 +34,22 @@ book: $(STAMP) $(MATHJAX)
 	@echo "book: open _build/html/index.html"
 
 # The tests: unit tests, then every notebook executed through nbval with the smoke preset (a
-# notebook error fails), then a warnings-as-errors book build, so that a broken cross-reference,
-# citation or table of contents fails too.  The strict build renders the notebooks nbval has just
-# executed without executing them a second time (same preset, half the time, and no second batch
-# of Jupyter kernels).  Then the built pages are scanned for scripts, styles or fonts from
-# another host (the book must read offline).  Last, `make paper-dry` (about 2 minutes on 2 cores)
-# and the Colab-style check for one chapter that trains (03) and one that reads results files (06).
+# notebook error fails; nbval also runs the widget cells the book skips), then a warnings-as-errors
+# book build *with execution* (smoke preset), so that a broken cross-reference, citation or table of
+# contents fails, and the pages carry real outputs.  Then the built pages are scanned for anything
+# loaded from another host, and opened in headless Chromium (tools/browser_check.py: math typeset,
+# no raw pipe table, no traceback, images load, nothing wider than the column, no build-machine
+# path, no request to another host; screenshots in _build/screenshots).  Last, `make paper-dry`
+# (about 2 minutes on 2 cores) and the Colab-style check of one chapter that trains (03) and one
+# that reads results files (06).
 test: $(STAMP) $(MATHJAX)
 	GLANCE_PRESET=smoke $(BIN)/python -m pytest tests -q
 	GLANCE_PRESET=smoke $(BIN)/python -m pytest --nbval-lax notebooks/ -q -p no:cacheprovider
 	mkdir -p _build
-	sed 's/execute_notebooks: cache/execute_notebooks: "off"/' _config.yml > _build/_config_check.yml
+	sed 's/execute_notebooks: cache/execute_notebooks: force/' _config.yml > _build/_config_check.yml
 	GLANCE_PRESET=smoke $(BIN)/jupyter-book build . --config _build/_config_check.yml --builder html -W -n --keep-going --path-output _build/smoke
 	$(BIN)/python tools/check_offline_html.py _build/smoke/_build/html
+	$(BIN)/python tools/browser_check.py _build/smoke/_build/html --screenshots _build/screenshots
 	$(MAKE) paper-dry
 	$(BIN)/python tools/colab_check.py notebooks/03_heads_and_training.ipynb notebooks/06_mvtec_ad.ipynb
 

@@ -37,3 +37,14 @@ def test_mvtec_root_prefers_the_shared_data(tmp_path, monkeypatch):
     monkeypatch.setenv("GLANCE_SHARED", str(shared))
     monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
     assert chapters.mvtec_root("widget", get_preset("paper")) == shared / "mvtec_ad"
+
+
+def test_display_path_never_shows_an_absolute_path(tmp_path, monkeypatch):
+    from glance_lite.paths import display_path, repo_root
+
+    monkeypatch.setenv("GLANCE_SHARED", str(tmp_path))
+    assert display_path(repo_root() / "data" / "offline") == "data/offline"
+    assert display_path(tmp_path / "cifar10") == "<shared>/cifar10"
+    assert display_path(f"npz arrays in {tmp_path / 'cifar10'}") == "npz arrays in <shared>/cifar10"
+    assert display_path("torchvision") == "torchvision"
+    assert not display_path("/somewhere/else/deep/file.png").startswith("/")

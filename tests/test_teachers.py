@@ -97,7 +97,9 @@ def test_auto_falls_back_offline(offline_hub: Path, capsys: pytest.CaptureFixtur
         teacher = load_teacher("auto", input_size=32, allow_download=allow, verbose=True)
         assert teacher.name == "efficientnet_lite0" and teacher.dim == 1280
         line = capsys.readouterr().out.strip()
-        assert line.startswith("teacher: efficientnet_lite0") and "ResNet-18 unavailable" in line
+        # one calm line: no exception text, no URL, no path
+        assert line == "teacher: EfficientNet-Lite0 (offline ImageNet weights), 1280-d feature, input 32px; " \
+                       "ResNet-18 (the paper's) needs a download", line
     with pytest.raises(GlanceError, match="resnet18-f37072fd.pth"):
         load_teacher("resnet18", allow_download=True, verbose=False)
 
