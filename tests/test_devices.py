@@ -132,3 +132,29 @@ def test_a_run_trained_on_the_gpu_evaluates_and_resumes_on_the_cpu(tmp_path, mon
 def test_mixed_precision_on_cuda_uses_bf16_or_a_scaler():  # pragma: no cover
     prec = Precision(torch.device("cuda"), enabled=True)
     assert prec.enabled and (prec.dtype == torch.bfloat16 or prec.scaler is not None)
+
+
+def test_no_training_stage_ignores_the_device():
+    # every optimiser loop goes through run_stage; each call must say where it runs (its Precision is
+    # built from the device of the modules it trains)
+    import re
+    from pathlib import Path
+
+    import glance_lite
+
+    calls = []
+    for f in Path(glance_lite.__file__).parent.glob("*.py"):
+        src = f.read_text()
+        for m in re.finditer(r"run_stage\(", src):
+            if src[max(0, m.start() - 4):m.start()] == "def ":
+                continue
+            depth, i = 0, m.end() - 1
+            while True:
+                depth += {"(": 1, ")": -1}.get(src[i], 0)
+                if depth == 0:
+                    break
+                i += 1
+            calls.append((f.name, src[m.start():i + 1]))
+    assert len(calls) >= 4, calls
+    for name, call in calls:
+        assert "precision=" in call, f"{name}: a run_stage call without precision= (device): {call[:80]}"
