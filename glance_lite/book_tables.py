@@ -103,7 +103,10 @@ def bar_rows(cat: str, rows: Sequence[dict[str, Any]], archived: Sequence[dict[s
         if r.get("ts"):
             out.append({"row": f"TS (same Local-Net), preset {r['preset']}", **{c: r["ts"].get(c) for c in cols},
                         "fit s": r["ts"].get("wall_seconds"), "source": "results file"})
-    return pd.DataFrame(out).set_index("row")
+    df = pd.DataFrame(out).set_index("row")
+    if "fit s" in df:
+        df["fit s"] = df["fit s"].round().astype("Int64")  # whole seconds
+    return df[[c for c in ("AU-PRO", "pixel_AUROC", "image_AUROC", "fit s", "source") if c in df]]
 
 
 def offline_table(rows: Sequence[dict[str, Any]]) -> Any:
