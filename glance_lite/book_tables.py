@@ -22,7 +22,7 @@ from .paper_tables import (MVTEC_CATEGORIES, PATCHCORE_BOTTLE, TABLE1_PRO, TABLE
                            TEXTURES, category_key)
 
 __all__ = ["tables_1_and_2", "missing_note", "bar_rows", "offline_table", "table_4", "provenance_html",
-           "validation_levers", "validation_sources", "STYLE"]
+           "validation_levers", "validation_sources", "validation_lambda", "STYLE"]
 
 STYLE = {"precision": 3, "na_rep": "–"}
 """``DataFrame.style.format(**STYLE)``: three decimals, a dash for a missing value."""
@@ -210,3 +210,15 @@ def validation_sources(val: dict[str, dict[str, Any]], variants: Sequence[str] |
         df.columns = pd.MultiIndex.from_tuples(df.columns)
         df.loc["mean"] = [float(np.nanmean(pd.to_numeric(df[c], errors="coerce"))) for c in df.columns]
     return df
+
+
+def validation_lambda(val: dict[str, dict[str, Any]]) -> Any:
+    """Mean validation AU-PRO of each variant at each lambda_s of the sweep (Eq. 13's mix of the two
+    heads under the variant's headline normalisation), the variant's own lambda_s marked in the index."""
+    pd = _pd()
+    out = {}
+    for name, v in sorted(val.items(), key=lambda kv: kv[1]["date"]):
+        sw = v["mean"].get("lambda_sweep")
+        if sw:
+            out[f"{name} (λ_s = {v['preset_fields']['lambda_s']:g})"] = sw
+    return pd.DataFrame.from_dict(out, orient="index")

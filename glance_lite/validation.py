@@ -585,6 +585,8 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
     key = short_hash({"preset": training_fields(preset), "teacher": teacher, "data": _data_id(src, data_root)})
     if old and old.get("status") == "ok" and old.get("key") == key and old.get("preset_fields") == preset.to_dict() and (not ts or old.get("ts") is not None
                                                                         or old.get("AU-PRO") is None):
+        if "lambda_sweep" not in old and Path(old.get("run", "")).joinpath("head_maps.npz").is_file():
+            old = dict(old, lambda_sweep=lambda_sweep(Path(old["run"])))  # rows written before the sweep existed
         return old, True
     run = out / "runs" / f"{src.name}-{key}"
     row.update(key=key, run=str(run), data_root=str(data_root), preset_fields=preset.to_dict())
@@ -596,6 +598,7 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
     heads = m.get("heads", {})
     row.update({k: m.get(k) for k in ("AU-PRO", "pixel_AUROC", "image_AUROC", "n_test", "teacher",
                                        "seconds_per_image")})
+    row["lambda_sweep"] = lambda_sweep(run)
     row["iad_only_AU-PRO"] = heads.get("iad_only", {}).get("AU-PRO")
     row["dad_only_AU-PRO"] = heads.get("dad_only", {}).get("AU-PRO")
     for n, nm in m.get("normalisations", {}).items():
@@ -624,6 +627,19 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
     return row, False
 
 
+SWEEP_LAMBDAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
+"""The values of lambda_s (Eq. 13) every validation row is also scored at."""
+
+
+def lambda_sweep(run: Path) -> dict[str, float]:
+    """AU-PRO of the run's headline head maps mixed with each lambda_s of :data:`SWEEP_LAMBDAS`
+    (``{"0.5": ...}``); lambda_s only changes how a run is scored, so it is chosen here, on the
+    validation protocol, like the score normalisation."""
+    from .reproduce import ablation_from_head_maps
+
+    return {f"{r['lambda_s']:.1f}": r["AU-PRO"] for r in ablation_from_head_maps(run, SWEEP_LAMBDAS)["rows"]}
+
+
 def mean_row(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The mean of each numeric column over the finished rows that have a value for it."""
     ok = [r for r in rows if r.get("status") == "ok"]
@@ -631,6 +647,9 @@ def mean_row(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     for k in _NUM:
         vals = [float(r[k]) for r in ok if r.get(k) is not None]
         out[k] = round(float(np.mean(vals)), 6) if vals else None
+    sweeps = [r["lambda_sweep"] for r in ok if r.get("lambda_sweep")]
+    if sweeps and len(sweeps) == len(ok):
+        out["lambda_sweep"] = {k: round(float(np.mean([s[k] for s in sweeps])), 6) for k in sweeps[0]}
     return out
 
 

@@ -187,6 +187,14 @@ def test_validate_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
         assert r["iad_only_AU-PRO"] is not None and r["dad_only_AU-PRO"] is not None
     assert res["mean"]["n_sources"] == 2
     assert res["mean"]["AU-PRO"] == pytest.approx(np.mean([r["AU-PRO"] for r in res["rows"][:2]]), abs=1e-5)
+    # lambda_s is chosen on this protocol: every row is scored at each value of the sweep, and the
+    # sweep at the preset's own lambda_s is the row's headline
+    for r in res["rows"][:2]:
+        assert set(r["lambda_sweep"]) == {"0.0", "0.2", "0.4", "0.5", "0.6", "0.8", "1.0"}
+        assert r["lambda_sweep"][f"{p.lambda_s:.1f}"] == pytest.approx(r["AU-PRO"], abs=1e-9)
+        assert r["lambda_sweep"]["1.0"] == pytest.approx(r["iad_only_AU-PRO"], abs=1e-9)
+    assert res["mean"]["lambda_sweep"]["0.5"] == pytest.approx(
+        np.mean([r["lambda_sweep"]["0.5"] for r in res["rows"][:2]]), abs=1e-5)
     assert (out / "data" / "widget" / "manifest.json").is_file()
     # the held-out source trained on 90 % of train/good and was tested on the held-out tenth
     cfg = json.loads((Path(rows[1]["run"]) / "config.json").read_text())

@@ -68,7 +68,9 @@ def _worker(preset_name: str, method: str, n_images: int, loop_patches: int | No
 
     preset = get_preset(preset_name)
     torch.manual_seed(seed)
-    model = GlanceModel(preset).eval()
+    from .devices import device_from_env
+
+    model = GlanceModel(preset).eval().to(device_from_env())  # --device (GLANCE_DEVICE) of the parent
     gen = torch.Generator().manual_seed(seed + 1)
     s = preset.image_size
     images = torch.rand(n_images + 1, 3, s, s, generator=gen)  # image 0: warm-up (fast only)
@@ -232,7 +234,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch threads per measurement (default 1: a per-core comparison, and far steadier "
                          "timings on a shared machine; 0 = torch's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    ap.add_argument("--device", default=None, help="where the models run: auto, cpu, cuda or cuda:N")
     a = ap.parse_args(argv)
+    if a.device:
+        from .devices import resolve_device
+
+        os.environ["GLANCE_DEVICE"] = str(resolve_device(a.device))  # the workers inherit it
     from .presets import describe, get_preset, hardware_info
 
     names = [s.strip() for s in a.presets.split(",") if s.strip()]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .presets import Preset, get_preset
 
-__all__ = ["BOOK_CATEGORY", "REPO_URL", "install_cell_source", "sync_install_cells", "offline_root", "book_run"]
+__all__ = ["BOOK_CATEGORY", "REPO_URL", "install_cell_source", "sync_install_cells", "offline_root", "book_run",
+           "mvtec_root"]
 
 REPO_URL = "https://github.com/glance-lite/glance-lite"
 """The one place that names the repository the chapters' Colab install cell installs from.  A fork
@@ -82,6 +83,35 @@ def book_run(category: str = BOOK_CATEGORY, preset: Preset | None = None, data_r
         fit(root, category, run, p, progress=progress)
     return run
 
+
+def mvtec_root(category: str = "bottle", preset: Preset | None = None, download: bool | None = None) -> Path | None:
+    """The dataset root holding MVTec AD ``category``, or None.
+
+    Looks in the shared real data (``GLANCE_SHARED``) and in ``data/mvtec_ad``.  When it is in
+    neither, it is downloaded there (with the checksum-verified :func:`glance_lite.download.download_mvtec`)
+    if ``download`` -- by default only with the ``paper`` preset, i.e. on a GPU, where a chapter opened
+    alone on Colab trains on it.
+    """
+    from .mvtec import find_category
+    from .paths import data_dir, shared_category
+
+    shared = shared_category("mvtec_ad", category)
+    if shared is not None:
+        return shared.parent
+    local = data_dir() / "mvtec_ad"
+    try:
+        find_category(local, category)
+        return local
+    except Exception:  # noqa: BLE001 - not there (or incomplete): download or give up
+        pass
+    p = preset or get_preset()
+    if download is None:
+        download = p.name == "paper"
+    if not download:
+        return None
+    from .download import download_mvtec
+
+    return Path(download_mvtec(local, categories=[category]))
 
 if __name__ == "__main__":  # pragma: no cover
     for path in sync_install_cells():

@@ -121,12 +121,13 @@ def heldout_losses(trainer: LocalTrainer, patches: torch.Tensor, targets: torch.
     trainer.local_net.eval()
     trainer.decoder.eval()
     tn = (targets - trainer.mean) / trainer.std
+    dev = trainer.device
     lk, lc, n = 0.0, 0.0, 0
     for s in range(0, len(patches), batch):
-        x = patches[s : s + batch]
+        x = patches[s : s + batch].to(dev)
         x = x.float() / 255 if x.dtype == torch.uint8 else x
         z = trainer.local_net(x)
-        _, parts = local_loss(trainer.decoder(z), tn[s : s + batch], z, 1.0, 1.0)
+        _, parts = local_loss(trainer.decoder(z), tn[s : s + batch].to(dev), z, 1.0, 1.0)
         lk += float(parts["distillation"]) * len(x)
         lc += float(parts["compactness"]) * len(x)
         n += len(x)
@@ -144,6 +145,7 @@ def distil(
     ship: bool = False,
     progress: bool = True,
     command: str | None = None,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Run the long distillation for ``preset``'s patch size, dimension and teacher; return the provenance.
 
@@ -157,7 +159,10 @@ def distil(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_name = preset.teacher if teacher == "auto" and preset.teacher != "auto" else teacher
-    tch = load_teacher(t_name, input_size=preset.teacher_input_size, verbose=progress)
+    from .devices import resolve_device
+
+    dev = resolve_device(device)
+    tch = load_teacher(t_name, input_size=preset.teacher_input_size, verbose=progress).to(dev)
     name = weights_name(preset.patch_size, preset.descriptor_dim, tch.name, preset.teacher_input_size)
     run_preset = preset.replace(batch_size=st["batch_size"], lr=st["lr"], seed=st["seed"],
                                 checkpoint_every=min(preset.checkpoint_every, st["eval_every"]))
@@ -181,7 +186,7 @@ def distil(
                                  st["seed"] + 7, st["chunk"], cache, "heldout", progress)
     feature_seconds = time.perf_counter() - t0
 
-    trainer = LocalTrainer(run_preset, tch.dim)
+    trainer = LocalTrainer(run_preset, tch.dim, dev)
     trainer.set_stats(y_tr)
     patches = p_tr.float().div_(255)
     curve_path = out / "curve.json"

@@ -105,7 +105,7 @@ __all__ = [
     "score_one_class",
     "evaluate_one_class",
     "table3",
-    "table3_markdown",
+    "table3_markdown", "table3_frame", "table3_rows",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -872,8 +872,9 @@ def table3(
     return rows
 
 
-def table3_markdown(rows: Sequence[dict[str, Any]], baselines: bool = True) -> str:
-    """A Markdown table: our AUROC (Eq. 13 and each head) beside the paper's "Ours" and baselines.
+def table3_rows(rows: Sequence[dict[str, Any]], baselines: bool = True) -> tuple[list[str], list[list[Any]]]:
+    """Table 3 as ``(header, rows)`` of plain values: our AUROC (Eq. 13 and each head) beside the
+    paper's "Ours" and baselines, and a last row with the means.
 
     The mean row averages over the classes present; the paper's columns are averaged over the same
     classes (equal to the paper's stated mean when all ten are present, up to rounding).  Rows without
@@ -883,24 +884,47 @@ def table3_markdown(rows: Sequence[dict[str, Any]], baselines: bool = True) -> s
     paper_cols = (["Ours", *PAPER_TABLE3_METHODS[:-1]] if baselines else ["Ours"]) if has_paper else []
     head = ["class", "ours (Eq. 13)", "IAD only", "DAD only", "n_train", "n_test", "seconds"]
     head += [f"paper: {m}" for m in paper_cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-
-    def fmt(v: Any) -> str:
-        return "–" if v is None else f"{v:.3f}"
-
+    out: list[list[Any]] = []
     for r in rows:
         paper = r.get("paper") or {}
-        cells = [r["class"], fmt(r["auroc"]), fmt(r["auroc_iad"]), fmt(r["auroc_dad"]), str(r["n_train"]),
-                 str(r["n_test"]), f"{r['seconds']:.0f}"] + [fmt(paper.get(m)) for m in paper_cols]
-        lines.append("| " + " | ".join(cells) + " |")
+        out.append([r["class"], r["auroc"], r["auroc_iad"], r["auroc_dad"], int(r["n_train"]), int(r["n_test"]),
+                    round(float(r["seconds"]))] + [paper.get(m) for m in paper_cols])
     if rows:
         def mean(key: str) -> float:
             return float(np.mean([r[key] for r in rows]))
 
         papers = [r.get("paper") for r in rows]
-        cells = [f"**mean ({len(rows)})**", fmt(mean("auroc")), fmt(mean("auroc_iad")), fmt(mean("auroc_dad")),
-                 "", "", f"{sum(r['seconds'] for r in rows):.0f} (sum)"]
-        for m in paper_cols:
-            cells.append(fmt(float(np.mean([q[m] for q in papers]))) if all(papers) else "–")
-        lines.append("| " + " | ".join(cells) + " |")
+        last: list[Any] = [f"mean ({len(rows)})", mean("auroc"), mean("auroc_iad"), mean("auroc_dad"), None, None,
+                           round(sum(float(r["seconds"]) for r in rows))]
+        last += [float(np.mean([q[m] for q in papers])) if all(papers) else None for m in paper_cols]
+        out.append(last)
+    return head, out
+
+
+def table3_frame(rows: Sequence[dict[str, Any]], baselines: bool = True) -> Any:
+    """Table 3 as a pandas DataFrame indexed by class (see :func:`table3_rows`); for the book, which
+    renders it as an HTML table.  Needs pandas (the ``book``, ``colab`` and ``test`` extras)."""
+    import pandas as pd
+
+    head, body = table3_rows(rows, baselines)
+    return pd.DataFrame(body, columns=head).set_index("class")
+
+
+def table3_markdown(rows: Sequence[dict[str, Any]], baselines: bool = True) -> str:
+    """Table 3 as a GitHub-flavoured Markdown table (for the command line and READMEs; the book shows
+    :func:`table3_frame`)."""
+    head, body = table3_rows(rows, baselines)
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "–"
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, cells in enumerate(body):
+        txt = [fmt(c) for c in cells]
+        if rows and i == len(body) - 1:
+            txt[0] = f"**{txt[0]}**"
+            txt[6] = f"{txt[6]} (sum)"
+        lines.append("| " + " | ".join(txt) + " |")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["repo_root", "data_dir", "shared_data_dir", "shared_category", "runs_dir", "results_dir"]
+__all__ = ["repo_root", "data_dir", "shared_data_dir", "shared_category", "runs_dir", "results_dir", "display_path"]
 
 
 def repo_root() -> Path:
@@ -66,3 +66,30 @@ def shared_category(dataset: str, category: str) -> Path | None:
         return None
     p = s / dataset / category
     return p if p.is_dir() else None
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path as the book prints it: never an absolute path of the machine that ran it.
+
+    Inside the repository it is relative to it (``data/offline``); in the shared real data it is
+    ``<shared>/mvtec_ad/bottle``; in ``GLANCE_DATA`` it is ``<data>/...``; in the home folder
+    ``~/...``; anything else is shown by its last two parts.  A string that is not a path is returned
+    as it is.
+    """
+    s = str(path)
+    if not os.path.isabs(s):  # a text that holds absolute paths (e.g. "npz arrays in /home/...") is mended
+        import re
+
+        return re.sub(r"(?<![\w.~<>])/[^\s:;,'\"()]+", lambda m: display_path(m.group(0)), s)
+    p = Path(s).resolve()
+    bases = [(repo_root(), None), (shared_data_dir(), "<shared>"), (data_dir(), "<data>"), (Path.home(), "~")]
+    for base, label in bases:
+        if base is None:
+            continue
+        try:
+            rel = p.relative_to(Path(base).resolve())
+        except ValueError:
+            continue
+        rel_s = rel.as_posix()
+        return (rel_s or ".") if label is None else f"{label}/{rel_s}".rstrip("/")
+    return "/".join(p.parts[-2:])

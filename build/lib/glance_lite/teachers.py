@@ -407,11 +407,15 @@ def load_teacher(
         except GlanceError as e:
             if weights is not None:  # a file the user named must not be silently replaced
                 raise
-            why = f" (ResNet-18 unavailable: {e})"
+            why = "; ResNet-18 (the paper's) needs a download"
             teacher = load_efficientnet_lite0(None, input_size)
+            import logging
+
+            logging.getLogger(__name__).info("ResNet-18 unavailable: %s", e)  # the detail, for whoever asks
     if verbose:
-        print(f"teacher: {teacher.name}, {teacher.dim}-d feature, input {input_size}px, "
-              f"weights {teacher.source}{why}")
+        label = {"efficientnet_lite0": "EfficientNet-Lite0 (offline ImageNet weights)",
+                 "resnet18": "ResNet-18 (ImageNet weights)"}.get(teacher.name, teacher.name)
+        print(f"teacher: {label}, {teacher.dim}-d feature, input {input_size}px{why}")
     return teacher
 
 
