@@ -46,7 +46,7 @@ test: $(STAMP) $(MATHJAX)
 	GLANCE_PRESET=smoke $(BIN)/python -m pytest tests -q
 	GLANCE_PRESET=smoke $(BIN)/python -m pytest --nbval-lax notebooks/ -q -p no:cacheprovider
 	mkdir -p _build
-	sed 's/execute_notebooks: cache/execute_notebooks: force/' _config.yml > _build/_config_check.yml
+	sed -e 's/execute_notebooks: cache/execute_notebooks: force/' -e 's|authoryear_bib: book/_ext|authoryear_bib: ../book/_ext|' _config.yml > _build/_config_check.yml
 	GLANCE_PRESET=smoke $(BIN)/jupyter-book build . --config _build/_config_check.yml --builder html -W -n --keep-going --path-output _build/smoke
 	$(BIN)/python tools/check_offline_html.py _build/smoke/_build/html
 	$(BIN)/python tools/browser_check.py _build/smoke/_build/html --screenshots _build/screenshots
