@@ -41,7 +41,7 @@ def dry_preset(steps: int = DRY_STEPS, base: Preset | None = None) -> Preset:
     p = base or get_preset("paper")
     return p.replace(name="paper-dry", pretrained="none", pretrain_patches=4 * p.batch_size,
                      pretrain_steps=steps, finetune_patches=4 * p.batch_size, finetune_steps=steps,
-                     global_steps=steps, max_train_images=p.batch_size // 4, max_test_images=1,
+                     global_steps=steps, max_train_images=8, max_test_images=1,
                      checkpoint_every=steps)
 
 
