@@ -37,8 +37,14 @@ def fresh_env(venv: Path, work: Path) -> Path:
     base_py = venv / "bin" / "python"
     wheels = work / "wheel"
     shutil.rmtree(wheels, ignore_errors=True)
-    subprocess.run([str(base_py), "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(ROOT)], check=True)
+    # setuptools stages the wheel in the source tree's build/; a stale one would carry files the
+    # package no longer has into the wheel, so the check starts from none and leaves none behind
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
+    try:
+        subprocess.run([str(base_py), "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(wheels), str(ROOT)], check=True)
+    finally:
+        shutil.rmtree(ROOT / "build", ignore_errors=True)
     whl = next(wheels.glob("glance_lite-*.whl"))
     env_dir = work / "venv"
     shutil.rmtree(env_dir, ignore_errors=True)
