@@ -138,20 +138,20 @@ def table_4(rows: Sequence[dict[str, Any]]) -> Any:
         if not ours:
             continue
         pv = TABLE4_LAMBDA_PRO[_paper_name(cat)]
-        out.append({"category": cat, "source": "paper", **{k: float(v) for k, v in pv.items()},
-                    "best λ_s": max(pv, key=pv.get)})
-        for r in ours:
-            out.append({"category": cat, "source": f"ours ({r['preset']})", **_lam(r),
-                        "best λ_s": max(_lam(r), key=_lam(r).get)})
-    for r in rows:
-        if r.get("dataset") == "offline" and "ablation" in r:
-            out.append({"category": f"offline/{r['category']}", "source": f"ours ({r['preset']})", **_lam(r),
-                        "best λ_s": max(_lam(r), key=_lam(r).get)})
+        out.append(_sweep_row(cat, "paper", {k: float(v) for k, v in pv.items()}))
+        out += [_sweep_row(cat, f"ours ({r['preset']})", _lam(r)) for r in ours]
+    out += [_sweep_row(f"offline/{r['category']}", f"ours ({r['preset']})", _lam(r))
+            for r in rows if r.get("dataset") == "offline" and "ablation" in r]
     return pd.DataFrame(out).set_index(["category", "source"]) if out else pd.DataFrame(out)
 
 
 def _lam(r: dict[str, Any]) -> dict[str, float]:
     return {f"{x['lambda_s']:.1f}": x["AU-PRO"] for x in r["ablation"]["rows"]}
+
+
+def _sweep_row(category: str, source: str, by_lambda: dict[str, float]) -> dict[str, Any]:
+    """One row of Table 4: AU-PRO per lambda_s, and the lambda_s that scored best."""
+    return {"category": category, "source": source, **by_lambda, "best λ_s": max(by_lambda, key=by_lambda.get)}
 
 
 def _short_hw(hw: dict[str, Any]) -> str:

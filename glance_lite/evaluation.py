@@ -68,9 +68,7 @@ def evaluate_run(
     the networks run (:func:`glance_lite.devices.resolve_device`; default ``GLANCE_DEVICE`` or auto).
     """
     from .devices import resolve_device
-
     from .mvtec import MVTecDataset, find_category
-    from .scoring import normalised_head_maps
 
     run_dir = Path(run_dir)
     model = GlanceModel.load(run_dir).to(resolve_device(device))
@@ -165,6 +163,7 @@ def run_scales(run_dir: str | Path, model: GlanceModel, category: Any = None,
                progress: bool = False) -> list[tuple[int, GlanceModel, dict[str, Any]]]:
     """``[(patch_size, model, score_stats), ...]`` of a run: its own scale first, then each of
     ``preset.extra_patch_sizes`` from ``RUN/scales/p<size>/`` (scored with the run's evaluation fields)."""
+    from .devices import module_device
     from .training import scale_dir, scale_preset
 
     out = [(model.preset.patch_size, model, score_stats(run_dir, model, category, progress))]
@@ -172,7 +171,7 @@ def run_scales(run_dir: str | Path, model: GlanceModel, category: Any = None,
         sub = scale_dir(run_dir, size)
         if not (sub / "model.pt").is_file():
             raise GlanceError(f"{sub}: the multi-scale run has no model for patch size {size}; run fit again")
-        m = GlanceModel.load(sub).to(next(model.parameters()).device)
+        m = GlanceModel.load(sub).to(module_device(model))
         if training_fields(m.preset) != training_fields(scale_preset(model.preset, size)):
             raise GlanceError(f"{sub}: was fitted with other settings than the run's patch size {size}")
         m.preset = scale_preset(model.preset, size)
@@ -188,24 +187,22 @@ def combined_head_maps(scales: list[tuple[int, GlanceModel, dict[str, Any]]], im
     With one scale this is :func:`glance_lite.scoring.normalised_head_maps`.  With several, each
     size's maps are first standardised with its own training statistics (``zscore`` or ``position``),
     then averaged; under ``none`` the plain maps are averaged.  ``per_scale``, when given, collects
-    each size's headline map (``lambda_s`` mix under ``preset.score_norm``), to report the sizes alone.
+    each size's headline map (``lambda_s`` mix under ``preset.score_norm``, which must be among
+    ``methods``), to report the sizes alone.
     """
     from .scoring import normalised_head_maps
 
     methods = list(methods)
-    total: dict[str, dict[str, torch.Tensor]] = {}
+    per_size = []
     for size, m, stats in scales:
         nm = normalised_head_maps(m, images, stats, methods)
         if per_scale is not None:
             p = m.preset
-            hl = nm[p.score_norm] if p.score_norm in nm else normalised_head_maps(m, images, stats, [p.score_norm])[p.score_norm]
-            for b in range(images.shape[0]):
-                per_scale[size].append((p.lambda_s * hl["iad"][b] + (1 - p.lambda_s) * hl["dad"][b]).numpy())
-        for meth in methods:
-            for head in ("iad", "dad"):
-                v = nm[meth][head] / len(scales)
-                total.setdefault(meth, {})[head] = total[meth][head] + v if head in total.get(meth, {}) else v
-    return total
+            hl = nm[p.score_norm]
+            per_scale[size].extend((p.lambda_s * hl["iad"] + (1 - p.lambda_s) * hl["dad"]).numpy())
+        per_size.append(nm)
+    return {meth: {head: sum(nm[meth][head] for nm in per_size) / len(per_size) for head in ("iad", "dad")}
+            for meth in methods}
 
 
 SCORE_STATS = "score_stats.json"

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from .fast_features import _pairs, global_features_batched, global_features_incremental, local_features_at
 from .heads import combined_score, dad_score, iad_score
+from .devices import module_device
 from .idw import ScoringError, clear_idw_cache, idw_interpolate, idw_weights
 from .local_net import grid_positions
 from .presets import CHOICES
@@ -121,13 +122,6 @@ def _inference(model: nn.Module) -> Iterator[None]:
             m.training = f
 
 
-def _device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover
-        return torch.device("cpu")
-
-
 def _check_images(images: Tensor, p: int) -> Tensor:
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
@@ -171,7 +165,7 @@ def score_patches(
     tops, lefts = _grid_for(model, images, stride)
     gh, gw = len(tops), len(lefts)
     ty, lx = _pairs(tops, lefts)
-    dev = _device(model)
+    dev = module_device(model)
     glob = global_features_incremental if method == "incremental" else global_features_batched
     s_iad, s_dad = [], []
     with _inference(model):
@@ -204,7 +198,7 @@ def score_patches_loop(
     tops, lefts = _grid_for(model, images, stride)
     h, w = images.shape[-2:]
     gh, gw = len(tops), len(lefts)
-    dev = _device(model)
+    dev = module_device(model)
     n = gh * gw if max_patches is None else min(gh * gw, int(max_patches))
     s_iad = torch.full((images.shape[0], gh, gw), float("nan"))
     s_dad = torch.full((images.shape[0], gh, gw), float("nan"))

@@ -74,6 +74,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .devices import resolve_device
 from .fileio import GlanceError, atomic_write, atomic_write_json, load_torch, save_torch
 from .local_net import LocalNet, distillation_loss
 from .presets import Preset, hardware_info, training_fields
@@ -374,12 +375,6 @@ def train_student(
                      precision=Precision(dev, preset.mixed_precision))
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    from .devices import resolve_device
-
-    return resolve_device(device)
-
-
 def _check_category(run_dir: Path, category: str) -> dict[str, Any]:
     cfg_path = run_dir / "config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
@@ -434,7 +429,7 @@ def fit_students(
             raise GlanceError(f"{out}: holds students trained with other settings ({old}); delete it and "
                               f"{run_dir / 'checkpoints'}/students_* to train with {settings}")
         return out
-    dev = _device(device)
+    dev = resolve_device(device)
     teacher = model.local_net.to(dev).eval()
     cat = find_category(data_root, category)
     images = load_train_images(cat, p)
@@ -592,7 +587,7 @@ def evaluate_students(
     run_dir = Path(run_dir)
     model = GlanceModel.load(run_dir)
     cfg = _check_category(run_dir, category)
-    dev = _device(device)
+    dev = resolve_device(device)
     ens = StudentEnsemble.from_run(run_dir).to(dev)
     model.to(dev)
     p = model.preset
