@@ -58,7 +58,7 @@ unit: $(STAMP) $(MATHJAX)
 
 # Regenerate the committed results files the reproduction chapters show (long; CPU or GPU).
 results: $(STAMP)
-	$(BIN)/glance-lite reproduce --out glance_lite/results
+	$(BIN)/glance-lite reproduce --out glance_lite/results --redo
 
 # The paper preset's full-size path (256 px, batch 64, the paper's widths) for a few steps per stage,
 # then evaluation, on the default device (GLANCE_DEVICE / auto); prints seconds per step and peak memory.

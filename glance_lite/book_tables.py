@@ -187,7 +187,8 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
         out.append({"variant": name, "patch": f["patch_size"] if not f.get("extra_patch_sizes") else
                     "+".join(str(s) for s in [f["patch_size"], *f["extra_patch_sizes"]]),
                     "Local-Net": f.get("pretrained"), "joint steps": f["global_steps"],
-                    "holes/image": f.get("global_holes", 1), "sources": m["n_sources"],
+                    "holes/image": f.get("global_holes", 1), "IAD metric": f.get("iad_metric", "euclidean"),
+                    "λ_s": f.get("lambda_s"), "sources": m["n_sources"],
                     "AU-PRO": m["AU-PRO"], "TS AU-PRO": m["ts_AU-PRO"], "glance − TS": m["glance_minus_ts_AU-PRO"],
                     "worst glance − TS": min((r.get("glance_minus_ts_AU-PRO") for r in v["rows"]
                                               if r.get("glance_minus_ts_AU-PRO") is not None), default=None),

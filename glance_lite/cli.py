@@ -51,6 +51,42 @@ def _preset_from_args(args: argparse.Namespace):
     return p
 
 
+def _preset_from_file(path: str):
+    from .presets import Preset
+
+    try:
+        return Preset.from_dict(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        raise GlanceError(f"{path}: not a preset JSON file ({e})") from None
+
+
+class _ranks:
+    """``with _ranks(device) as (ctx, dev)``: join torchrun's process group when there is one
+    (:func:`glance_lite.distributed.init_from_env`), turn a broken group into a one-line error, leave it."""
+
+    def __init__(self, device: str | None) -> None:
+        self.device = device
+
+    def __enter__(self):
+        from .distributed import init_from_env
+
+        self.ctx, dev = init_from_env(self.device)
+        return self.ctx, dev
+
+    def __exit__(self, kind, err, tb) -> bool:
+        from .distributed import DistError, shutdown
+
+        try:
+            if self.ctx.active and isinstance(err, RuntimeError) and not isinstance(err, GlanceError):
+                line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise DistError(f"rank {self.ctx.rank} of {self.ctx.world}: the process group failed "
+                                f"(another rank died or timed out): {line}") from err
+        finally:
+            if not self.ctx.active or err is None:
+                shutdown()
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="glance-lite", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -126,8 +162,27 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--runs", default=None, help="where run folders go (default data/runs)")
     rp.add_argument("--category", action="append", default=None)
     rp.add_argument("--no-ts", action="store_true", help="skip the TS (Uninformed Students) baseline")
+    rp.add_argument("--devices", default=None,
+                    help="comma-separated devices, e.g. cuda:0,cuda:1 (or cpu,cpu): one category per device "
+                         "at a time, each in its own process with its log in RUNS/logs/")
+    rp.add_argument("--shard", default=None, metavar="I/N",
+                    help="only the I-th of N equal shares of the categories (0-based), e.g. one machine of N")
+    rp.add_argument("--redo", action="store_true",
+                    help="score again categories whose results files are complete (default: skip them)")
+    rp.add_argument("--preset-file", default=None,
+                    help="a preset as JSON (e.g. the preset_fields of a results file) instead of --preset/--set")
+    rp.add_argument("--quiet", action="store_true")
     _device_option(rp)
     _variant_options(rp)
+
+    ts = sub.add_parser("ts", help="the TS baseline (Uninformed Students) on a fitted run: train students, evaluate")
+    ts.add_argument("run")
+    ts.add_argument("--data", required=True)
+    ts.add_argument("--category", required=True)
+    ts.add_argument("--students", type=int, default=3)
+    ts.add_argument("--no-eval", action="store_true", help="train the students only")
+    ts.add_argument("--quiet", action="store_true")
+    _device_option(ts)
 
     va = sub.add_parser("validate", help="choose settings without the test split: fit + evaluate + TS on "
                                          "held-out training images with synthetic defects (see validation.py)")
@@ -195,10 +250,23 @@ def _run(args: argparse.Namespace) -> int:
         if args.pretrained is not None:
             args.overrides = (args.overrides or []) + [f"pretrained={args.pretrained}"]
         p = _preset_from_args(args)
-        print(describe(p), file=sys.stderr)
-        fit(args.data, args.category, args.out, p, teacher=args.teacher, progress=not args.quiet,
-            corpus_folder=args.corpus, device=args.device)
-        print(Path(args.out) / "model.pt")
+        with _ranks(args.device) as (ctx, dev):
+            if ctx.is_main:
+                print(describe(p) + (f"; {ctx.world} ranks" if ctx.active else ""), file=sys.stderr)
+            fit(args.data, args.category, args.out, p, teacher=args.teacher, progress=not args.quiet and ctx.is_main,
+                corpus_folder=args.corpus, device=dev)
+        if ctx.is_main:
+            print(Path(args.out) / "model.pt")
+        return 0
+    if args.cmd == "ts":
+        from .students import evaluate_students, fit_students
+
+        with _ranks(args.device) as (ctx, dev):
+            fit_students(args.run, args.data, args.category, n_students=args.students, progress=not args.quiet
+                         and ctx.is_main, device=dev)
+        if ctx.is_main and not args.no_eval:
+            res = evaluate_students(args.run, args.data, args.category, progress=not args.quiet, device=dev)
+            print(json.dumps({k: res.get(k) for k in ("category", "image_AUROC", "pixel_AUROC", "AU-PRO")}))
         return 0
     if args.cmd == "evaluate":
         from .evaluation import evaluate_run
@@ -216,10 +284,18 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{r['score']:.6f}\t{r['image']}")
         return 0
     if args.cmd == "reproduce":
-        from .reproduce import reproduce
+        from .reproduce import reproduce, reproduce_parallel, select_shard
 
-        reproduce(args.out, data_roots=args.data, preset=_preset_from_args(args), teacher=args.teacher,
-                  runs=args.runs, categories=args.category, ts=not args.no_ts, device=args.device)
+        p = _preset_from_args(args) if args.preset_file is None else _preset_from_file(args.preset_file)
+        cats = args.category
+        if args.devices:
+            failed = reproduce_parallel(args.devices, args.out, data_roots=args.data, preset=p, teacher=args.teacher,
+                                        runs=args.runs, categories=cats, ts=not args.no_ts, shard=args.shard,
+                                        redo=args.redo, progress=not args.quiet)
+            return 1 if failed else 0
+        reproduce(args.out, data_roots=args.data, preset=p, teacher=args.teacher, runs=args.runs,
+                  categories=cats, ts=not args.no_ts, device=args.device, shard=args.shard, redo=args.redo,
+                  progress=not args.quiet)
         return 0
     if args.cmd == "validate":
         from .validation import run_cli

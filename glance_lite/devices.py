@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator
+from typing import Callable, Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -125,13 +125,22 @@ class Precision:
         with torch.autocast(device_type="cuda", dtype=self.dtype):
             yield
 
-    def backward(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """Back-propagate ``loss`` and take one optimiser step (scaled for float16)."""
+    def backward(self, loss: Tensor, optimizer: torch.optim.Optimizer,
+                 before_step: "Callable[[], None] | None" = None) -> None:
+        """Back-propagate ``loss`` and take one optimiser step (scaled for float16).
+
+        ``before_step`` runs between the two (the gradient all-reduce of data-parallel training,
+        :func:`glance_lite.distributed.all_reduce_grads`; with float16 it sees the scaled gradients,
+        and an inf on any rank reaches every rank, so all skip the step together)."""
         if self.scaler is None:
             loss.backward()
+            if before_step is not None:
+                before_step()
             optimizer.step()
             return
         self.scaler.scale(loss).backward()
+        if before_step is not None:
+            before_step()
         self.scaler.step(optimizer)
         self.scaler.update()
 

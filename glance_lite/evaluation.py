@@ -12,7 +12,8 @@
 * in ``metrics.json`` also ``normalisations``: the three metrics, and each head's alone, under every
   score normalisation (``none``, the paper's Eq. 13; ``zscore``; ``position``; see
   :func:`glance_lite.scoring.normalise_scores`), fitted on training images (``RUN/score_stats.json``).
-  ``preset.score_norm`` picks the headline.
+  ``preset.score_norm`` picks the headline; ``preset.iad_metric`` picks Eq. 11's metric (the paper's
+  Euclidean, or whitened with ``RUN/iad_whitener.pt``, :mod:`glance_lite.iad_metric`).
 
 Defined in :doc:`/notebooks/06_mvtec_ad`.
 """
@@ -32,7 +33,8 @@ from .fileio import GlanceError, atomic_write, atomic_write_json
 from .model import GlanceModel
 from .presets import CHOICES, Preset, hardware_info, training_fields
 
-__all__ = ["evaluate_run", "predict", "run_scales", "combined_head_maps", "score_stats", "write_tiff", "IMAGE_SUFFIXES", "SCORE_STATS"]
+__all__ = ["evaluate_run", "predict", "run_scales", "combined_head_maps", "score_stats", "write_tiff", "IMAGE_SUFFIXES", "SCORE_STATS",
+           "WHITENED_STATS", "IAD_WHITENER"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -118,6 +120,7 @@ def evaluate_run(
         **{k: head[k] for k in ("image_AUROC", "pixel_AUROC", "AU-PRO")},
         "lambda_s": p.lambda_s,
         "score_norm": p.score_norm,
+        "iad_metric": p.iad_metric,
         "heads": {"iad_only": head["iad_only"], "dad_only": head["dad_only"]},
         "normalisations": by_method,
         "patch_sizes": [size for size, _, _ in scales],
@@ -206,22 +209,41 @@ def combined_head_maps(scales: list[tuple[int, GlanceModel, dict[str, Any]]], im
 
 
 SCORE_STATS = "score_stats.json"
-"""File in a run folder holding the score normaliser fitted on training images."""
+"""File in a run folder holding the score normaliser fitted on training images (Euclidean IAD)."""
+
+WHITENED_STATS = "score_stats-mahalanobis.json"
+"""The score normaliser of the whitened IAD metric (its whitener: :data:`IAD_WHITENER`)."""
+
+IAD_WHITENER = "iad_whitener.pt"
+"""File in a run folder holding the whitener of the IAD metric (:mod:`glance_lite.iad_metric`)."""
 
 
 def score_stats(run_dir: str | Path, model: GlanceModel, category: Any = None, progress: bool = False,
                 train_images: Any = None) -> dict[str, Any]:
-    """The run's score normaliser (:func:`glance_lite.scoring.fit_score_normaliser` on 16 training
-    images spread over the training set), read from ``RUN/score_stats.json`` or fitted and written.
+    """The run's scoring statistics, fitted on 16 training images spread over the training set:
+    the score normaliser (:func:`glance_lite.scoring.fit_score_normaliser`) and, when
+    ``preset.iad_metric == "mahalanobis"``, the IAD whitener (:func:`glance_lite.scoring.fit_score_whitener`,
+    returned under ``"iad_whitener"``).
 
-    Fitted on first use (``evaluate`` or ``predict``) from the category's training images, found
-    through ``category`` or the run's ``config.json``; never from test images.
+    Read from ``RUN/score_stats.json`` (Euclidean) or ``RUN/score_stats-mahalanobis.json`` +
+    ``RUN/iad_whitener.pt``, or fitted and written (atomically, whitener first) on first use
+    (``evaluate`` or ``predict``), from the category's training images, found through ``category`` or
+    the run's ``config.json``; never from test images.
     """
-    from .scoring import fit_score_normaliser
+    from .iad_metric import load_whitener, save_whitener
+    from .scoring import fit_score_normaliser, fit_score_whitener
 
-    path = Path(run_dir) / SCORE_STATS
-    if path.is_file():
-        return json.loads(path.read_text())
+    whiten = model.preset.iad_metric == "mahalanobis"
+    path = Path(run_dir) / (WHITENED_STATS if whiten else SCORE_STATS)
+    wpath = Path(run_dir) / IAD_WHITENER
+    if path.is_file() and (not whiten or wpath.is_file()):
+        stats = json.loads(path.read_text())
+        if whiten:
+            try:
+                stats["iad_whitener"] = load_whitener(wpath)
+            except Exception as e:  # a damaged file: say which, refit below
+                raise GlanceError(f"{wpath}: cannot be read ({e}); delete it and {path.name} to refit them") from e
+        return stats
     if train_images is None:
         from .training import load_train_images
 
@@ -231,15 +253,22 @@ def score_stats(run_dir: str | Path, model: GlanceModel, category: Any = None, p
             cfg_path = Path(run_dir) / "config.json"
             cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
             if not cfg.get("data_root") or not cfg.get("category"):
-                raise GlanceError(f"{run_dir}: no {SCORE_STATS} and no training data to fit it on")
+                raise GlanceError(f"{run_dir}: no {path.name} and no training data to fit it on")
             category = find_category(cfg["data_root"], cfg["category"])
         train_images = load_train_images(category, model.preset)
     n = len(train_images)
     pick = torch.linspace(0, n - 1, min(16, n)).round().long().unique()
     method = model.preset.score_norm if model.preset.score_norm != "none" else "zscore"
-    stats = fit_score_normaliser(model, train_images[pick], method=method, max_images=None, progress=progress)
+    whitener = None
+    if whiten:
+        whitener = fit_score_whitener(model, train_images[pick], progress=progress)
+        save_whitener(wpath, whitener)
+    stats = fit_score_normaliser(model, train_images[pick], method=method, max_images=None, progress=progress,
+                                 whitener=whitener)
     stats["train_indices"] = pick.tolist()
     atomic_write_json(path, stats)
+    if whitener is not None:
+        stats["iad_whitener"] = whitener
     return stats
 
 

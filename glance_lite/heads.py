@@ -58,13 +58,14 @@ class DADHead(nn.Module):
         return torch.sigmoid(self.logits(z_star, z_g))
 
 
-def dad_loss(head: DADHead, z_star: torch.Tensor, z_g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def dad_loss(head: DADHead, z_star: torch.Tensor, z_g: torch.Tensor, y: torch.Tensor,
+             reduction: str = "mean") -> torch.Tensor:
     """Eq. 9, binary cross-entropy with ``y = 1`` for the stained patch p^- and ``y = 0`` for p.
 
     Computed from logits for numerical stability; equal to
-    ``-(y log p + (1 - y) log(1 - p))`` averaged over the batch.
+    ``-(y log p + (1 - y) log(1 - p))`` averaged over the batch (``reduction="none"``: per sample).
     """
-    return F.binary_cross_entropy_with_logits(head.logits(z_star, z_g), y.to(z_star.dtype))
+    return F.binary_cross_entropy_with_logits(head.logits(z_star, z_g), y.to(z_star.dtype), reduction=reduction)
 
 
 def dad_score(head: DADHead, z_l: torch.Tensor, z_g: torch.Tensor) -> torch.Tensor:

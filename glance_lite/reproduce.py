@@ -26,11 +26,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .fileio import atomic_write_json
+from .fileio import GlanceError, atomic_write_json
 from .presets import Preset, get_preset, hardware_info
 
-__all__ = ["LAMBDAS", "ARCHIVE", "default_roots", "ablation_from_head_maps", "reproduce", "load_results",
-           "load_validation"]
+__all__ = ["LAMBDAS", "ARCHIVE", "default_roots", "ablation_from_head_maps", "reproduce", "reproduce_parallel",
+           "tasks", "select_shard", "parse_devices", "finished", "load_results", "load_validation"]
 
 LAMBDAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 """The lambda_s values of the paper's Table 4."""
@@ -109,6 +109,43 @@ def _copy_figures(run: Path, dest: Path, per_defect: int = 1) -> list[str]:
     return out
 
 
+def tasks(data_roots: Iterable[str | Path] | None = None, categories: Iterable[str] | None = None
+          ) -> list[tuple[str, Path, str]]:
+    """``(dataset name, root, category)`` for every category present (in the roots' order, then by name),
+    restricted to ``categories`` when given."""
+    from .mvtec import list_categories
+
+    roots = [(Path(r).name, Path(r)) for r in data_roots] if data_roots else default_roots()
+    wanted = set(categories) if categories else None
+    return [(ds, root, cat) for ds, root in roots for cat in list_categories(root) if not wanted or cat in wanted]
+
+
+def select_shard(items: list, spec: str | None) -> list:
+    """The ``I``-th of ``N`` round-robin shares of ``items`` for ``spec = "I/N"`` (0-based), e.g. the
+    categories one of N machines reproduces; every item lands in exactly one share."""
+    if not spec:
+        return list(items)
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        raise GlanceError(f"--shard {spec!r}: give I/N with 0 <= I < N, e.g. 0/2") from None
+    return list(items)[i::n]
+
+
+def finished(dest: Path, preset: Preset, ts: bool) -> bool:
+    """Whether ``dest`` holds a complete results folder for this preset (and the TS row, if asked)."""
+    m = dest / "metrics.json"
+    if not m.is_file():
+        return False
+    try:
+        d = json.loads(m.read_text())
+    except ValueError:
+        return False
+    return d.get("preset_fields") == preset.to_dict() and (not ts or d.get("AU-PRO") is None or bool(d.get("ts")))
+
+
 def reproduce(
     out: str | Path = "results",
     data_roots: Iterable[str | Path] | None = None,
@@ -119,62 +156,172 @@ def reproduce(
     progress: bool = True,
     ts: bool = True,
     device: str | None = None,
+    shard: str | None = None,
+    redo: bool = True,
 ) -> list[dict[str, Any]]:
-    """Fit + evaluate each category (and the TS baseline on the same run when ``ts``); write ``out/<preset>/<dataset>/<category>/``; return the rows."""
+    """Fit + evaluate each category (and the TS baseline on the same run when ``ts``); write
+    ``out/<preset>/<dataset>/<category>/``; return the rows.
+
+    ``shard="I/N"`` takes the I-th of N shares of the categories (:func:`select_shard`).  With
+    ``redo=False`` a category whose results folder is complete for this preset (:func:`finished`) is
+    skipped; its fit resumes in any case.
+    """
     from .evaluation import evaluate_run
-    from .mvtec import list_categories
     from .paths import runs_dir
     from .training import fit
 
     p = preset or get_preset()
-    roots = [(Path(r).name, Path(r)) for r in data_roots] if data_roots else default_roots()
     runs_root = Path(runs) if runs else runs_dir()
-    wanted = set(categories) if categories else None
     rows = []
-    for ds_name, root in roots:
-        for cat in list_categories(root):
-            if wanted and cat not in wanted:
-                continue
-            run = runs_root / f"{p.name}-{ds_name}-{cat}"
-            t0 = time.perf_counter()
-            fit(root, cat, run, p, teacher=teacher, progress=progress, device=device)
-            t_fit = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            metrics = evaluate_run(run, root, cat, progress=progress, overlays=2, preset=p, device=device)
-            t_eval = time.perf_counter() - t1
-            dest = Path(out) / p.name / ds_name / cat
-            dest.mkdir(parents=True, exist_ok=True)
-            cfg = json.loads((run / "config.json").read_text())
-            metrics.update(
-                dataset=ds_name,
-                fit_wall_seconds_this_call=round(t_fit, 1),
-                evaluate_wall_seconds=round(t_eval, 1),
-                fit_stage_seconds=cfg.get("stage_seconds"),
-                written_by="glance-lite reproduce",
-            )
-            metrics.pop("data_root", None)
-            if ts and metrics.get("AU-PRO") is not None:
-                from .students import run_ts_baseline
-
-                t2 = time.perf_counter()
-                tsm = run_ts_baseline(run, root, cat, progress=progress, device=device)
-                metrics["ts"] = {k: tsm.get(k) for k in ("image_AUROC", "pixel_AUROC", "AU-PRO", "seconds_per_image")}
-                metrics["ts"]["wall_seconds"] = round(time.perf_counter() - t2, 1)
-            atomic_write_json(dest / "metrics.json", metrics)
-            if metrics.get("AU-PRO") is not None:
-                abl = ablation_from_head_maps(run)
-                abl.update(preset=p.name, teacher=metrics["teacher"], git_commit=metrics["git_commit"],
-                           hardware=hardware_info(), date=metrics["date"])
-                atomic_write_json(dest / "ablation.json", abl)
-            save_fig5_features(run, root, cat, dest)
-            shutil.copyfile(run / "history.json", dest / "history.json")
-            if ds_name != "mvtec_ad":  # MVTec AD's licence forbids redistributing its images
-                _copy_figures(run, dest)
-            rows.append(metrics)
+    for ds_name, root, cat in select_shard(tasks(data_roots, categories), shard):
+        dest = Path(out) / p.name / ds_name / cat
+        if not redo and finished(dest, p, ts):
             if progress:
-                print(json.dumps({k: metrics.get(k) for k in ("dataset", "category", "AU-PRO", "pixel_AUROC",
-                                                              "image_AUROC", "seconds_per_image")}))
+                print(f"{ds_name}/{cat}: results complete in {dest}; skipped (--redo scores it again)")
+            rows.append(json.loads((dest / "metrics.json").read_text()))
+            continue
+        run = runs_root / f"{p.name}-{ds_name}-{cat}"
+        t0 = time.perf_counter()
+        fit(root, cat, run, p, teacher=teacher, progress=progress, device=device)
+        t_fit = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        metrics = evaluate_run(run, root, cat, progress=progress, overlays=2, preset=p, device=device)
+        t_eval = time.perf_counter() - t1
+        dest.mkdir(parents=True, exist_ok=True)
+        cfg = json.loads((run / "config.json").read_text())
+        metrics.update(
+            dataset=ds_name,
+            fit_wall_seconds_this_call=round(t_fit, 1),
+            evaluate_wall_seconds=round(t_eval, 1),
+            fit_stage_seconds=cfg.get("stage_seconds"),
+            written_by="glance-lite reproduce",
+        )
+        metrics.pop("data_root", None)
+        if ts and metrics.get("AU-PRO") is not None:
+            from .students import run_ts_baseline
+
+            t2 = time.perf_counter()
+            tsm = run_ts_baseline(run, root, cat, progress=progress, device=device)
+            metrics["ts"] = {k: tsm.get(k) for k in ("image_AUROC", "pixel_AUROC", "AU-PRO", "seconds_per_image")}
+            metrics["ts"]["wall_seconds"] = round(time.perf_counter() - t2, 1)
+        atomic_write_json(dest / "metrics.json", metrics)
+        if metrics.get("AU-PRO") is not None:
+            abl = ablation_from_head_maps(run)
+            abl.update(preset=p.name, teacher=metrics["teacher"], git_commit=metrics["git_commit"],
+                       hardware=hardware_info(), date=metrics["date"])
+            atomic_write_json(dest / "ablation.json", abl)
+        save_fig5_features(run, root, cat, dest)
+        shutil.copyfile(run / "history.json", dest / "history.json")
+        if ds_name != "mvtec_ad":  # MVTec AD's licence forbids redistributing its images
+            _copy_figures(run, dest)
+        rows.append(metrics)
+        if progress:
+            print(json.dumps({k: metrics.get(k) for k in ("dataset", "category", "AU-PRO", "pixel_AUROC",
+                                                          "image_AUROC", "seconds_per_image")}))
     return rows
+
+
+def parse_devices(spec: str | Iterable[str]) -> list[str]:
+    """``"cuda:0,cuda:1"`` -> ``["cuda:0", "cuda:1"]``, each checked before anything starts
+    (:func:`glance_lite.devices.resolve_device`: a missing GPU is a one-line error)."""
+    from .devices import resolve_device
+
+    items = [d.strip() for d in (spec.split(",") if isinstance(spec, str) else spec) if d.strip()]
+    if not items:
+        raise GlanceError("--devices: name at least one device, e.g. cuda:0,cuda:1 or cpu,cpu")
+    for d in items:
+        if d == "auto":
+            raise GlanceError("--devices: name each device (cpu, cuda:0, ...), not auto")
+        resolve_device(d)
+    return items
+
+
+def reproduce_parallel(
+    devices: str | Iterable[str],
+    out: str | Path = "results",
+    data_roots: Iterable[str | Path] | None = None,
+    preset: Preset | None = None,
+    teacher: str = "auto",
+    runs: str | Path | None = None,
+    categories: Iterable[str] | None = None,
+    ts: bool = True,
+    shard: str | None = None,
+    redo: bool = False,
+    progress: bool = True,
+    python: str | None = None,
+) -> list[str]:
+    """``reproduce`` with one category per device at a time, each in its own process.
+
+    Every category runs ``python -m glance_lite reproduce --category C --device D ...`` (the same code
+    as a sequential run, so the results files hold the same numbers), with its output in
+    ``RUNS/logs/<dataset>-<category>.log``.  A category that fails is reported with its log and the
+    others go on; re-running skips the categories whose results are complete (unless ``redo``) and
+    resumes the fits of the others.  CPU workers share the cores (``OMP_NUM_THREADS`` = cores /
+    CPU workers unless set).  Returns the failed categories (``dataset/category``).
+    """
+    import os
+    import queue
+    import subprocess
+    import sys
+    import threading
+
+    from .paths import runs_dir
+
+    devs = parse_devices(devices)
+    p = preset or get_preset()
+    runs_root = Path(runs) if runs else runs_dir()
+    logs = runs_root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    preset_file = runs_root / f".preset-{p.name}.json"
+    atomic_write_json(preset_file, p.to_dict())
+    todo: "queue.Queue[tuple[str, Path, str]]" = queue.Queue()
+    for ds_name, root, cat in select_shard(tasks(data_roots, categories), shard):
+        if not redo and finished(Path(out) / p.name / ds_name / cat, p, ts):
+            if progress:
+                print(f"{ds_name}/{cat}: results complete; skipped (--redo scores it again)", flush=True)
+            continue
+        todo.put((ds_name, root, cat))
+    n_cpu = sum(1 for d in devs if d == "cpu")
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, n_cpu)))
+    failed: list[str] = []
+    lock = threading.Lock()
+
+    def worker(dev: str) -> None:
+        while True:
+            try:
+                ds_name, root, cat = todo.get_nowait()
+            except queue.Empty:
+                return
+            log = logs / f"{ds_name}-{cat}.log"
+            cmd = [python or sys.executable, "-m", "glance_lite", "reproduce", "--out", str(out), "--data", str(root),
+                   "--category", cat, "--device", dev, "--runs", str(runs_root), "--teacher", teacher,
+                   "--preset-file", str(preset_file), "--quiet"]
+            cmd += ["--no-ts"] if not ts else []
+            cmd += ["--redo"] if redo else []
+            env = dict(os.environ)
+            if dev == "cpu":
+                env.setdefault("OMP_NUM_THREADS", threads)
+            t0 = time.perf_counter()
+            with lock:
+                if progress:
+                    print(f"{ds_name}/{cat}: started on {dev} (log: {log})", flush=True)
+            with open(log, "w") as fh:
+                rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+            with lock:
+                if rc != 0:
+                    tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
+                    failed.append(f"{ds_name}/{cat}")
+                    print(f"{ds_name}/{cat}: FAILED on {dev} (exit {rc}; log: {log}): {tail[0] if tail else ''}",
+                          file=sys.stderr, flush=True)
+                elif progress:
+                    print(f"{ds_name}/{cat}: done on {dev} in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    pool = [threading.Thread(target=worker, args=(d,), daemon=True) for d in devs]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return failed
 
 
 ARCHIVE = "archive"

@@ -23,11 +23,12 @@ per-patch reference).  IDW is linear in the scores, so any lambda_s-combination 
 (:func:`head_maps`) *is* the map of the combined score -- the lambda_s ablation (Table 4) mixes the
 two maps instead of re-scoring.
 
-**Scale.**  ``s_IAD`` is a squared feature distance, ``s_DAD`` a probability in [0, 1]; the paper adds
-them as they are (Eq. 13), and so do we by default.  Optionally (``normalise=stats``) each head's
-scores are standardised with statistics of the patch scores over *training* images
-(:func:`fit_score_normaliser`: z-score with their mean and std, or division by their 99th
-percentile).  Never fit it on test images.
+**Scale and metric.**  ``s_IAD`` is a squared feature distance, ``s_DAD`` a probability in [0, 1];
+the paper adds them as they are (Eq. 13), and so do we by default.  Optionally (``normalise=stats``)
+each head's scores are standardised with statistics of the patch scores over *training* images
+(:func:`fit_score_normaliser`; the normalisations themselves live in :mod:`glance_lite.score_norm`),
+and the inconsistency can be measured with a metric whitened by the residuals of training patches
+(:func:`fit_score_whitener`, :mod:`glance_lite.iad_metric`).  Never fit either on test images.
 
 Deviation: the paper does not specify the raster stride, the patch-centre convention, the IDW power
 or neighbourhood, nor the score scales.  We place scores at the geometric patch centre
@@ -51,7 +52,9 @@ from tqdm.auto import tqdm
 from .fast_features import _pairs, global_features_batched, global_features_incremental, local_features_at
 from .heads import combined_score, dad_score, iad_score
 from .devices import module_device
+from .iad_metric import IADWhitener, fit_iad_whitener, iad_scores
 from .idw import ScoringError, clear_idw_cache, idw_interpolate, idw_weights
+from .score_norm import NORMALISATIONS, normalise_scores, normaliser_from_scores
 from .local_net import grid_positions
 from .presets import CHOICES
 
@@ -67,6 +70,8 @@ __all__ = [
     "global_features_batched",
     "score_patches",
     "score_patches_loop",
+    "patch_residuals",
+    "fit_score_whitener",
     "head_maps",
     "anomaly_maps",
     "anomaly_maps_loop",
@@ -136,6 +141,26 @@ def _grid_for(model: nn.Module, images: Tensor, stride: int | None) -> tuple[Ten
     return patch_grid(images.shape[2], images.shape[3], p, stride or model.preset.score_stride)
 
 
+def _patch_features(model: nn.Module, images: Tensor, stride: int | None, batch_size: int, method: str,
+                    progress: bool) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Per image: ``(Z_l (gh*gw, n), Z_g (gh*gw, n), tops, lefts)`` of every grid patch (no Python loop over patches)."""
+    if method not in ("incremental", "batched"):
+        raise ScoringError(f"method must be 'incremental' or 'batched', got {method!r}")
+    p = model.preset.patch_size
+    images = _check_images(images, p)
+    tops, lefts = _grid_for(model, images, stride)
+    gh, gw = len(tops), len(lefts)
+    ty, lx = _pairs(tops, lefts)
+    dev = module_device(model)
+    glob = global_features_incremental if method == "incremental" else global_features_batched
+    with _inference(model):
+        for i in tqdm(range(images.shape[0]), desc="score maps", disable=not progress, leave=False):
+            img = images[i : i + 1].to(dev)
+            z_l = local_features_at(model.local_net, img, tops, lefts)[0].permute(1, 2, 0).reshape(gh * gw, -1)
+            z_g = glob(model.global_net, img, ty, lx, p, batch_size=batch_size)
+            yield z_l, z_g, tops, lefts
+
+
 def score_patches(
     model: nn.Module,
     images: Tensor,
@@ -143,6 +168,7 @@ def score_patches(
     batch_size: int = 256,
     method: str = "incremental",
     progress: bool = False,
+    whitener: IADWhitener | None = None,
 ) -> dict[str, Tensor]:
     """Patch scores of Eq. 11 and 12 on the raster grid, without a Python loop over patches.
 
@@ -154,28 +180,40 @@ def score_patches(
         batch_size: masked copies per Global-Net batch.
         method: ``"incremental"`` (exact incremental Global-Net, default) or ``"batched"`` (one full
             forward per masked copy, in batches).
+        whitener: ``None`` for the paper's Euclidean Eq. 11, or the run's
+            :class:`glance_lite.iad_metric.IADWhitener` for the whitened inconsistency (ours).
 
     Returns:
         ``dict(s_iad (B, gh, gw), s_dad (B, gh, gw), tops (gh,), lefts (gw,))`` on the CPU.
     """
-    if method not in ("incremental", "batched"):
-        raise ScoringError(f"method must be 'incremental' or 'batched', got {method!r}")
-    p = model.preset.patch_size
-    images = _check_images(images, p)
-    tops, lefts = _grid_for(model, images, stride)
-    gh, gw = len(tops), len(lefts)
-    ty, lx = _pairs(tops, lefts)
-    dev = module_device(model)
-    glob = global_features_incremental if method == "incremental" else global_features_batched
     s_iad, s_dad = [], []
-    with _inference(model):
-        for i in tqdm(range(images.shape[0]), desc="score maps", disable=not progress, leave=False):
-            img = images[i : i + 1].to(dev)
-            z_l = local_features_at(model.local_net, img, tops, lefts)[0].permute(1, 2, 0).reshape(gh * gw, -1)
-            z_g = glob(model.global_net, img, ty, lx, p, batch_size=batch_size)
-            s_iad.append(iad_score(z_l, z_g).reshape(gh, gw).cpu())
+    p = model.preset.patch_size
+    tops, lefts = _grid_for(model, _check_images(images, p), stride)
+    gh, gw = len(tops), len(lefts)
+    for z_l, z_g, _, _ in _patch_features(model, images, stride, batch_size, method, progress):
+        with torch.no_grad():
+            s_iad.append(iad_scores(z_l, z_g, whitener).reshape(gh, gw).cpu())
             s_dad.append(dad_score(model.dad, z_l, z_g).reshape(gh, gw).cpu())
     return {"s_iad": torch.stack(s_iad), "s_dad": torch.stack(s_dad), "tops": tops, "lefts": lefts}
+
+
+def patch_residuals(model: nn.Module, images: Tensor, stride: int | None = None, batch_size: int = 256,
+                    progress: bool = False) -> Tensor:
+    """The residuals ``Z_l - Z_g`` of every grid patch, ``(B, gh, gw, n)`` on the CPU (what Eq. 11 measures)."""
+    out = []
+    p = model.preset.patch_size
+    tops, lefts = _grid_for(model, _check_images(images, p), stride)
+    for z_l, z_g, _, _ in _patch_features(model, images, stride, batch_size, "incremental", progress):
+        out.append((z_l - z_g).reshape(len(tops), len(lefts), -1).float().cpu())
+    return torch.stack(out)
+
+
+def fit_score_whitener(model: nn.Module, train_images: Tensor, stride: int | None = None,
+                       progress: bool = False) -> IADWhitener:
+    """The whitened IAD metric (:mod:`glance_lite.iad_metric`) fitted on the residuals of every grid
+    patch of these TRAINING images.  Never fit it on test images."""
+    r = patch_residuals(model, train_images, stride=stride, progress=progress)
+    return fit_iad_whitener(r.reshape(-1, r.shape[-1]))
 
 
 def score_patches_loop(
@@ -215,53 +253,6 @@ def score_patches_loop(
     return {"s_iad": s_iad, "s_dad": s_dad, "tops": tops, "lefts": lefts, "n_done": n}
 
 
-NORMALISATIONS = ("none", "zscore", "p99", "position")
-"""The score normalisations: the paper's plain Eq. 13 and three ways of putting the heads on one scale."""
-
-
-def normalise_scores(s_iad: Tensor, s_dad: Tensor, stats: Mapping[str, Any] | None,
-                     method: str | None = None) -> tuple[Tensor, Tensor]:
-    """Apply a normaliser from :func:`fit_score_normaliser` to each head's patch scores.
-
-    ``method`` (default ``stats["method"]``):
-
-    * ``"none"`` (or ``stats=None``): unchanged, the paper's plain Eq. 13;
-    * ``"zscore"``: ``(s - mean) / std`` per head;
-    * ``"p99"``: ``s / p99``;
-    * ``"position"``: ``(s - mean_ij) / std_res``, where ``mean_ij`` is the head's mean score at grid
-      position (i, j) over the training images and ``std_res`` the standard deviation of what is
-      left.  It removes what the heads get wrong at a *place* on every normal image (for IAD: where
-      the Global-Net cannot predict Z_l even on good images, e.g. at the border or on a part that
-      varies), so that only what differs from the normal images at that place remains.  Needs the
-      scores on the grid they were fitted on (same image size and stride).
-
-    All are affine per head and grid position, so they commute with IDW.
-    """
-    method = (stats or {}).get("method", "none") if method is None else method
-    if method == "none":
-        return s_iad, s_dad
-    if stats is None:
-        raise ScoringError(f"normalisation {method!r} needs statistics from fit_score_normaliser")
-    out = []
-    try:
-        for s, st in ((s_iad, stats["iad"]), (s_dad, stats["dad"])):
-            if method == "zscore":
-                out.append((s - st["mean"]) / st["std"])
-            elif method == "p99":
-                out.append(s / st["p99"])
-            elif method == "position":
-                mu = torch.as_tensor(st["position_mean"], dtype=s.dtype)
-                if tuple(mu.shape) != tuple(s.shape[-2:]):
-                    raise ScoringError(f"position normaliser fitted on a {tuple(mu.shape)} grid, scores are on "
-                                       f"{tuple(s.shape[-2:])}")
-                out.append((s - mu) / st["position_std"])
-            else:
-                raise ScoringError(f"unknown normalisation method {method!r}; use one of {NORMALISATIONS}")
-    except (KeyError, TypeError) as e:
-        raise ScoringError(f"not a score normaliser (from fit_score_normaliser): missing {e}") from e
-    return out[0], out[1]
-
-
 def fit_score_normaliser(
     model: nn.Module,
     train_images: Tensor,
@@ -269,13 +260,14 @@ def fit_score_normaliser(
     stride: int | None = None,
     max_images: int | None = 16,
     progress: bool = False,
+    whitener: IADWhitener | None = None,
 ) -> dict[str, Any]:
-    """Statistics of each head's patch scores over (up to ``max_images``) TRAINING images.
+    """Statistics of each head's patch scores over (up to ``max_images``) TRAINING images
+    (:func:`glance_lite.score_norm.normaliser_from_scores`), plus ``stride`` and ``iad_metric``.
 
-    Returns ``{"method", "iad": {"mean", "std", "p99", "position_mean" (gh x gw lists),
-    "position_std"}, "dad": {...}, "n_images", "n_patches", "stride"}`` (plain floats and lists,
-    JSON-friendly), good for every method of :func:`normalise_scores`; ``method`` is the default one.
-    Pass it as ``normalise=`` to :func:`head_maps` or :func:`anomaly_maps`.  Never fit it on test images.
+    Good for every method of :func:`normalise_scores`; ``method`` is the default one.  With a
+    ``whitener`` the IAD statistics are those of the whitened scores.  Pass the result as
+    ``normalise=`` to :func:`head_maps` or :func:`anomaly_maps`.  Never fit it on test images.
 
     Caveat: the images are those the Global-Net was trained on, so its errors there are, if anything,
     smaller than on new good images; the statistics set the heads' scales and the places where they
@@ -284,22 +276,10 @@ def fit_score_normaliser(
     if method not in NORMALISATIONS or method == "none":
         raise ScoringError(f"unknown normalisation method {method!r}; use one of {NORMALISATIONS[1:]}")
     imgs = train_images if max_images is None else train_images[: int(max_images)]
-    sc = score_patches(model, imgs, stride=stride, progress=progress)
-    out: dict[str, Any] = {"method": method}
-    for head in ("iad", "dad"):
-        s = sc[f"s_{head}"].double()
-        v = s.reshape(-1)
-        mu = s.mean(0)
-        res = (s - mu).reshape(-1)
-        out[head] = {
-            "mean": float(v.mean()),
-            "std": float(v.std().clamp_min(1e-12)) if len(v) > 1 else 1.0,
-            "p99": float(torch.quantile(v, 0.99).clamp_min(1e-12)),
-            "position_mean": mu.tolist(),
-            "position_std": float(res.std().clamp_min(1e-12)) if len(res) > 1 else 1.0,
-        }
-    out.update(n_images=int(imgs.shape[0]), n_patches=int(sc["s_iad"].numel()),
-               stride=int(stride or model.preset.score_stride))
+    sc = score_patches(model, imgs, stride=stride, progress=progress, whitener=whitener)
+    out = normaliser_from_scores(sc["s_iad"], sc["s_dad"], method)
+    out.update(stride=int(stride or model.preset.score_stride),
+               iad_metric="euclidean" if whitener is None else "mahalanobis")
     return out
 
 
@@ -307,8 +287,11 @@ def normalised_head_maps(model: nn.Module, images: Tensor, stats: Mapping[str, A
                          methods: Sequence[str] = CHOICES["score_norm"],
                          stride: int | None = None) -> dict[str, dict[str, Tensor]]:
     """``{method: {"iad": (B, H, W), "dad": (B, H, W)}}`` from one scoring pass: the head maps under
-    each normalisation (``"none"`` needs no ``stats``).  Used by the evaluation, which reports them all."""
-    sc = score_patches(model, images, stride=stride)
+    each normalisation (``"none"`` needs no ``stats``).  Used by the evaluation, which reports them all.
+
+    The IAD metric follows ``stats``: statistics fitted with a whitener (``stats["iad_metric"] ==
+    "mahalanobis"``) carry it as ``stats["iad_whitener"]`` (see :func:`glance_lite.evaluation.score_stats`)."""
+    sc = score_patches(model, images, stride=stride, whitener=_whitener_for(stats, None))
     pw, nb = _idw_args(model, None, None)
     h, w = images.shape[-2:]
     p = model.preset.patch_size
@@ -318,6 +301,20 @@ def normalised_head_maps(model: nn.Module, images: Tensor, stats: Mapping[str, A
         out[m] = {"iad": _maps_from_scores(s_iad, sc["tops"], sc["lefts"], p, h, w, pw, nb),
                   "dad": _maps_from_scores(s_dad, sc["tops"], sc["lefts"], p, h, w, pw, nb)}
     return out
+
+
+def _whitener_for(stats: Mapping[str, Any] | None, whitener: IADWhitener | None) -> IADWhitener | None:
+    """The whitener to score with: the one given, else the one the statistics were fitted with.
+
+    Raises :class:`ScoringError` when the statistics were fitted on whitened scores but no whitener
+    comes with them, or on Euclidean scores while a whitener is given: the normalised scores would be
+    on the wrong scale."""
+    fitted = (stats or {}).get("iad_metric", "euclidean")
+    w = whitener if whitener is not None else (stats or {}).get("iad_whitener")
+    if stats is not None and (fitted == "mahalanobis") != (w is not None):
+        raise ScoringError(f"the score statistics were fitted with the {fitted} IAD metric, but "
+                           f"{'a whitener' if w is not None else 'no whitener'} was given")
+    return w
 
 
 def _idw_args(model: nn.Module, power: float | None, neighbours: int | None) -> tuple[float, int | None]:
@@ -341,14 +338,18 @@ def head_maps(
     normalise: Mapping[str, Any] | None = None,
     batch_size: int = 256,
     method: str = "incremental",
+    whitener: IADWhitener | None = None,
 ) -> dict[str, Tensor]:
     """Per-pixel maps of each head: ``dict(iad=(B, H, W), dad=(B, H, W))``.
 
     ``power`` / ``neighbours`` default to ``preset.idw_power`` / ``preset.idw_neighbours``
     (``neighbours=0``: all centres).  Because IDW is linear, ``l * iad + (1 - l) * dad`` equals the map
-    of the combined score of Eq. 13 for any lambda_s = l (used by the Table 4 ablation).
+    of the combined score of Eq. 13 for any lambda_s = l (used by the Table 4 ablation).  ``whitener``:
+    the whitened IAD metric (:mod:`glance_lite.iad_metric`); by default the one ``normalise`` carries,
+    else the paper's Euclidean Eq. 11.
     """
-    sc = score_patches(model, images, stride=stride, batch_size=batch_size, method=method, progress=progress)
+    sc = score_patches(model, images, stride=stride, batch_size=batch_size, method=method, progress=progress,
+                       whitener=_whitener_for(normalise, whitener))
     s_iad, s_dad = normalise_scores(sc["s_iad"], sc["s_dad"], normalise)
     pw, nb = _idw_args(model, power, neighbours)
     h, w = images.shape[-2:]
@@ -370,10 +371,13 @@ def anomaly_maps(
     normalise: Mapping[str, Any] | None = None,
     batch_size: int = 256,
     method: str = "incremental",
+    whitener: IADWhitener | None = None,
 ) -> Tensor:
-    """Anomaly maps ``(B, H, W)``: Eq. 13 per patch (lambda_s default ``preset.lambda_s``), then IDW."""
+    """Anomaly maps ``(B, H, W)``: Eq. 13 per patch (lambda_s default ``preset.lambda_s``), then IDW.
+    ``whitener`` as in :func:`head_maps`."""
     lam = model.preset.lambda_s if lambda_s is None else float(lambda_s)
-    sc = score_patches(model, images, stride=stride, batch_size=batch_size, method=method, progress=progress)
+    sc = score_patches(model, images, stride=stride, batch_size=batch_size, method=method, progress=progress,
+                       whitener=_whitener_for(normalise, whitener))
     s_iad, s_dad = normalise_scores(sc["s_iad"], sc["s_dad"], normalise)
     pw, nb = _idw_args(model, power, neighbours)
     s = combined_score(s_iad, s_dad, lam)

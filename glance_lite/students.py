@@ -76,7 +76,7 @@ from tqdm.auto import tqdm
 
 from .devices import resolve_device
 from .fileio import GlanceError, atomic_write, atomic_write_json, load_torch, save_torch
-from .local_net import LocalNet, distillation_loss
+from .local_net import LocalNet
 from .presets import Preset, hardware_info, training_fields
 
 __all__ = [
@@ -363,10 +363,16 @@ def train_student(
     opt = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=preset.weight_decay)
     seed = _student_seed(preset, k)
 
+    from .distributed import current, shard, share_of_mean
+
+    ctx = current()
+    B = min(preset.batch_size, n)
+
     def step_fn(step: int) -> dict[str, Tensor]:
         g, _ = step_generators(seed, "students", step)
-        idx = torch.randint(n, (min(preset.batch_size, n),), generator=g).to(dev)
-        return {"loss": distillation_loss(student(patches[idx].float() / 255), targets[idx])}
+        idx = torch.randint(n, (B,), generator=g)[shard(B, ctx)].to(dev)  # this rank's share (all of it alone)
+        err = (student(patches[idx].float() / 255) - targets[idx]).pow(2).mean(1)
+        return {"loss": share_of_mean(err, B)}  # sums over the ranks to the batch mean
 
     from .devices import Precision
 
@@ -445,10 +451,14 @@ def fit_students(
             raise GlanceError(f"{cache_path}: was made with other settings; delete it and "
                               f"{ck}/students_* to start the students again")
     else:
-        t0 = time.perf_counter()
-        pool = make_pool(teacher, images[train_idx], p.finetune_patches, p.seed + 5)
-        cache = {**pool, "key": pool_key, "seconds": time.perf_counter() - t0}
-        save_torch(cache_path, cache)
+        from .distributed import cached
+
+        def make() -> dict[str, Any]:
+            t0 = time.perf_counter()
+            pool = make_pool(teacher, images[train_idx], p.finetune_patches, p.seed + 5)
+            return {**pool, "key": pool_key, "seconds": time.perf_counter() - t0}
+
+        cache = cached(cache_path, make)  # data-parallel: rank 0 makes it, the others read it
 
     ens = StudentEnsemble(n_students, p.patch_size, p.descriptor_dim, p)
     ens.set_teacher_stats(cache["targets"])
@@ -497,7 +507,10 @@ def fit_students(
         "hardware": hardware_info(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    return ens.cpu().save(out)
+    from .distributed import on_main
+
+    on_main(lambda: ens.cpu().save(out))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

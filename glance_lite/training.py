@@ -34,11 +34,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .devices import Precision, configure, module_device, pin, resolve_device, to_device
+from .distributed import DistContext, DistError, all_reduce_grads, all_reduce_sum, cached, gather_rows, on_main, shard, share_of_mean
+from .distributed import current as current_dist
 from .fileio import GlanceError, atomic_write_json, load_torch, save_torch, short_hash
 from .fast_features import global_features_incremental
 from .global_net import hole_mask
 from .heads import dad_loss, iad_score
-from .local_net import Decoder, LocalNet, local_loss
+from .local_net import Decoder, LocalNet, compactness_loss
 from .model import GlanceModel
 from .presets import Preset, hardware_info, training_fields
 from .stains import add_stain
@@ -101,6 +103,7 @@ def run_stage(
     progress: bool = True,
     extra: dict[str, Any] | None = None,
     precision: Precision | None = None,
+    dist: DistContext | None = None,
 ) -> StageHistory:
     """Run ``step_fn(step)`` for steps ``[start, n_steps)``, resuming from ``ckpt_path`` if present.
 
@@ -110,8 +113,15 @@ def run_stage(
     checkpoint (e.g. feature normalisation statistics).  ``precision``
     (:class:`glance_lite.devices.Precision`) runs ``step_fn`` under autocast and scales the loss; the
     default is float32.  Only the logged losses are copied back to the CPU in a step.
+
+    Data-parallel (``dist``, default :func:`glance_lite.distributed.current`): ``step_fn`` returns this
+    rank's *contributions* (they sum over the ranks to the single-process losses, see
+    :mod:`glance_lite.distributed`); the gradients and the logged losses are summed over the ranks
+    before the step, and only rank 0 writes the checkpoint and shows the bar.
     """
+    ctx = current_dist() if dist is None else dist
     prec = precision or Precision(torch.device("cpu"), False)
+    params = [q for group in optimizer.param_groups for q in group["params"]]
     ckpt_path = Path(ckpt_path)
     hist = StageHistory(stage)
     start = 0
@@ -127,6 +137,8 @@ def run_stage(
         hist.seconds = float(state["seconds"])
 
     def save(step: int) -> None:
+        if not ctx.is_main:
+            return
         save_torch(
             ckpt_path,
             {
@@ -145,15 +157,15 @@ def run_stage(
         return hist
     for m in modules.values():
         m.train()
-    bar = tqdm(total=n_steps, initial=start, desc=stage, disable=not progress, leave=False)
+    bar = tqdm(total=n_steps, initial=start, desc=stage, disable=not progress or not ctx.is_main, leave=False)
     done_here = 0
     t0 = time.perf_counter()
     for step in range(start, n_steps):
         with prec.autocast():
             losses = step_fn(step)
         optimizer.zero_grad(set_to_none=True)
-        prec.backward(losses["loss"].float(), optimizer)
-        rec = {k: float(v.detach()) for k, v in losses.items()}
+        prec.backward(losses["loss"].float(), optimizer, before_step=lambda: all_reduce_grads(params, ctx))
+        rec = all_reduce_sum({k: float(v.detach()) for k, v in losses.items()}, ctx)
         if not all(np.isfinite(list(rec.values()))):
             raise GlanceError(f"{stage}: non-finite loss at step {step}: {rec}")
         hist.records.append(rec)
@@ -180,6 +192,13 @@ def crop_patches(images: torch.Tensor, idx: torch.Tensor, tops: torch.Tensor, le
     cols = (lefts[:, None] + ar)[:, None, :]  # B,1,p
     out = images[idx[:, None, None], :, rows, cols]  # B,p,p,C
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _check_batch(batch: int, ctx: DistContext, stage: str) -> None:
+    """Every rank needs at least one sample of the global batch."""
+    if batch < ctx.world:
+        raise DistError(f"{stage}: a global batch of {batch} cannot be shared by {ctx.world} ranks; use fewer "
+                        f"ranks or a larger batch_size")
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,15 +259,24 @@ class LocalTrainer:
         patches = pin(patches.cpu(), dev)
         n = len(patches)
 
+        ctx = current_dist()
+        B = min(p.batch_size, n)
+        _check_batch(B, ctx, stage)
+
         def step_fn(step: int) -> dict[str, torch.Tensor]:
             if lr_at is not None:
                 for group in opt.param_groups:
                     group["lr"] = float(lr_at(step))
             g, _ = step_generators(p.seed, stage, step)
-            idx = torch.randint(n, (min(p.batch_size, n),), generator=g)
+            idx = torch.randint(n, (B,), generator=g)[shard(B, ctx)]  # this rank's share of the global batch
             z = self.local_net(to_device(patches[idx], dev, torch.float32))
-            total, parts = local_loss(self.decoder(z), to_device(tn[idx], dev), z, p.lambda_k, p.lambda_c)
-            return {"loss": total, **{k: v for k, v in parts.items() if k not in ("loss", "total")}}
+            pred = self.decoder(z)
+            # Eq. 1 averaged over dimensions, as this rank's share of the batch mean
+            lk = share_of_mean((pred - to_device(tn[idx], dev)).pow(2).mean(1), B)
+            # Eq. 2 is a correlation over the whole batch: computed on the gathered batch, 1/world per rank
+            lc = compactness_loss(gather_rows(z, B, ctx)) / ctx.world
+            total = p.lambda_k * lk + p.lambda_c * lc
+            return {"loss": total, "distillation": lk.detach(), "compactness": lc.detach()}
 
         return run_stage(
             stage,
@@ -292,11 +320,8 @@ def _teacher_targets(teacher: nn.Module, patches: torch.Tensor, progress: bool,
 
 
 def _cached(path: Path, make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    if path.is_file():
-        return load_torch(path)
-    obj = make()
-    save_torch(path, obj)
-    return obj
+    """Read ``path`` or make and write it (data-parallel: rank 0 makes it while the others wait)."""
+    return cached(path, make)
 
 
 def pretrain_key(preset: Preset, corpus_folder: str | Path | None = None) -> str:
@@ -379,8 +404,11 @@ def pretrain_local(
     hist = trainer.train("pretrain", patches, cache["targets"], preset.pretrain_steps,
                          out / "checkpoint.pt", stop_after=stop_after, progress=progress)
     if len(hist.records) >= preset.pretrain_steps:
-        trainer.save(final)
-        atomic_write_json(out / "history.json", hist.to_dict())
+        def write() -> None:
+            trainer.save(final)
+            atomic_write_json(out / "history.json", hist.to_dict())
+
+        on_main(write)
     return trainer, hist, t.name
 
 
@@ -490,6 +518,8 @@ def train_global(
     gh, gw = cache.shape[-2:] if cache is not None else (0, 0)
 
     K = int(p.global_holes)  # >= 1, checked by the preset
+    ctx = current_dist()
+    _check_batch(p.batch_size, ctx, "global")
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         g, rng = step_generators(p.seed, "global", step)
@@ -505,24 +535,33 @@ def train_global(
             gj = torch.randint(gw, (B,), generator=g)
         tops, lefts = pos_y[gi], pos_x[gj]
         neg = torch.rand(B, generator=g) < 0.5
+        # this rank's samples: a share of the images (with their K holes each) of the global batch
+        im = shard(p.batch_size, ctx)
+        loc = torch.arange(im.start * K, im.stop * K)
         with torch.no_grad():
-            z_l = to_device(cache[idx, :, gi, gj], dev, torch.float32)
+            z_l = to_device(cache[idx[loc], :, gi[loc], gj[loc]], dev, torch.float32)
             z_star = z_l.clone()
-            if neg.any():
+            neg_loc = neg[loc]
+            if neg_loc.any():
+                # the stains of the whole global batch are drawn (on the CPU, device-free), so that
+                # every rank draws what one process would; each rank keeps its own
                 clean = crop_patches(train_images, idx[neg], tops[neg], lefts[neg], P)
-                stained, _ = add_stain(clean, rng)  # on the CPU: the stains' randomness is device-free
-                z_star[neg.to(dev)] = model.local_net(to_device(stained, dev)).to(z_star.dtype)
+                stained, _ = add_stain(clean, rng)
+                which = (torch.cumsum(neg.long(), 0) - 1)[loc][neg_loc]
+                z_star[neg_loc.to(dev)] = model.local_net(to_device(stained[which], dev)).to(z_star.dtype)
         if K == 1:
-            z_g = model.global_net(to_device(train_images[idx], dev), hole_mask((H, W), tops, lefts, P, device=dev))
+            z_g = model.global_net(to_device(train_images[idx[loc]], dev),
+                                   hole_mask((H, W), tops[loc], lefts[loc], P, device=dev))
         else:
-            imgs = to_device(train_images[idx[::K]], dev)
+            imgs = to_device(train_images[idx[loc][::K]], dev)
+            tl, ll = tops[loc], lefts[loc]
             z_g = torch.cat([
-                global_features_incremental(model.global_net, imgs[a // K : a // K + 1], tops[a : a + K],
-                                            lefts[a : a + K], P, batch_size=K, differentiable=True)
-                for a in range(0, B, K)
+                global_features_incremental(model.global_net, imgs[a // K : a // K + 1], tl[a : a + K],
+                                            ll[a : a + K], P, batch_size=K, differentiable=True)
+                for a in range(0, len(loc), K)
             ])
-        l_iad = iad_score(z_l, z_g).mean()
-        l_dad = dad_loss(model.dad, z_star, z_g, neg.float().to(dev))
+        l_iad = share_of_mean(iad_score(z_l, z_g), B)
+        l_dad = share_of_mean(dad_loss(model.dad, z_star, z_g, neg_loc.float().to(dev), reduction="none"), B)
         return {"loss": l_iad + p.lambda_t * l_dad, "iad": l_iad, "dad": l_dad}
 
     return run_stage(
@@ -613,8 +652,11 @@ def fit(
         "device": str(dev),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    ctx = current_dist()
+    if ctx.active:
+        config["ranks"] = ctx.world
     if not cfg_path.is_file():
-        atomic_write_json(cfg_path, config)
+        on_main(lambda: atomic_write_json(cfg_path, config), ctx)
     torch.manual_seed(preset.seed)
     images = load_train_images(cat, preset)
 
@@ -632,9 +674,7 @@ def fit(
     model.dad = type(model.dad)(preset.descriptor_dim, preset.dad_hidden)
     model.to(dev)
     h_glob = train_global(model, images, out, progress)
-    model.save(out)
     hist = {h.stage: h.to_dict() for h in (h_pre, h_fine, h_glob)}
-    atomic_write_json(out / "history.json", hist)
     config.update(
         teacher=tname,
         local_net_pretrained=trainer.source,
@@ -643,13 +683,19 @@ def fit(
         stage_seconds={h.stage: round(h.seconds, 1) for h in (h_pre, h_fine, h_glob)},
         final_losses={h.stage: h.final() for h in (h_pre, h_fine, h_glob)},
     )
-    atomic_write_json(cfg_path, config)
-    try:
-        from .figures import plot_history
 
-        plot_history(hist, out / "losses.png")
-    except Exception:  # noqa: BLE001 - a figure must never lose a finished run
-        pass
+    def write() -> None:  # rank 0 only under torchrun
+        model.save(out)
+        atomic_write_json(out / "history.json", hist)
+        atomic_write_json(cfg_path, config)
+        try:
+            from .figures import plot_history
+
+            plot_history(hist, out / "losses.png")
+        except Exception:  # noqa: BLE001 - a figure must never lose a finished run
+            pass
+
+    on_main(write, ctx)
     for size in preset.extra_patch_sizes:  # multi-scale: one more complete run per patch size
         fit(data_root, category, scale_dir(out, size), scale_preset(preset, size), teacher=teacher,
             progress=progress, pretrain_dir=pretrain_dir, corpus_folder=corpus_folder, device=dev)
