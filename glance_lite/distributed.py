@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -157,7 +158,6 @@ def gather_rows(x: Tensor, n_global: int, ctx: DistContext = SINGLE) -> Tensor:
     differentiable (gradients flow back to each rank's rows).  Identity with one rank."""
     if not ctx.active:
         return x
-    import torch.distributed as dist
     import torch.distributed.nn.functional as dfn
 
     sizes = [shard(n_global, DistContext(r, ctx.world)).stop - shard(n_global, DistContext(r, ctx.world)).start
@@ -165,8 +165,9 @@ def gather_rows(x: Tensor, n_global: int, ctx: DistContext = SINGLE) -> Tensor:
     width = max(sizes)
     pad = width - x.shape[0]
     xp = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x
-    parts = dfn.all_gather(xp.contiguous())
-    del dist
+    with warnings.catch_warnings():  # deprecated in favour of a private module; the pinned torch has it
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = dfn.all_gather(xp.contiguous())
     return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
 

@@ -280,3 +280,21 @@ def test_the_scaling_page_shows_the_committed_measurement():
         one, ranks = sp["1 rank, 1 thread"], sp[f"{res['world']} ranks, 1 thread each"]
         assert r["speedup_vs_1_rank_1_thread"][f"{res['world']} ranks, 1 thread each"] == pytest.approx(one / ranks)
     assert "cpu.md" in (Path(__file__).resolve().parent.parent / "book" / "scaling.md").read_text()
+
+
+def test_ts_command_trains_and_scores_the_students_of_a_run(tmp_path, monkeypatch, capsys):
+    from test_cli import _tiny_dataset
+
+    from glance_lite.cli import main
+
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
+    root = _tiny_dataset(tmp_path / "ds", n_train=6)
+    run = tmp_path / "run"
+    assert main(["fit", "--data", str(root), "--category", "widget", "--out", str(run), "--preset", "smoke",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["ts", str(run), "--data", str(root), "--category", "widget", "--students", "2", "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads((run / "metrics_ts.json").read_text())
+    assert printed["AU-PRO"] == saved["AU-PRO"] and (run / "students.pt").is_file()
+    assert main(["ts", str(tmp_path / "nope"), "--data", str(root), "--category", "widget"]) == 1
