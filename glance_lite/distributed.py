@@ -172,17 +172,29 @@ def gather_rows(x: Tensor, n_global: int, ctx: DistContext = SINGLE) -> Tensor:
 
 
 def all_reduce_grads(params: Iterable[torch.nn.Parameter], ctx: DistContext = SINGLE) -> None:
-    """Sum every parameter's gradient over the ranks (missing gradients count as zero)."""
+    """Sum every parameter's gradient over the ranks (missing gradients count as zero).
+
+    The gradients are packed into one flat buffer per dtype and device and summed with one
+    ``all_reduce`` each (DDP's buckets, as one bucket), then copied back."""
     if not ctx.active:
         return
     import torch.distributed as dist
 
+    groups: dict[tuple[torch.dtype, torch.device], list[torch.nn.Parameter]] = {}
     for p in params:
         if not p.requires_grad:
             continue
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        groups.setdefault((p.grad.dtype, p.grad.device), []).append(p)
+    for ps in groups.values():
+        flat = torch.cat([p.grad.reshape(-1) for p in ps])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        at = 0
+        for p in ps:
+            n = p.grad.numel()
+            p.grad.copy_(flat[at : at + n].view_as(p.grad))
+            at += n
 
 
 def all_reduce_sum(values: dict[str, float], ctx: DistContext = SINGLE, device: torch.device | str = "cpu"
