@@ -54,7 +54,7 @@ from .fileio import GlanceError
 
 __all__ = ["DistContext", "SINGLE", "current", "init_from_env", "shutdown", "backend_for", "shard",
            "share_of_mean", "gather_rows", "all_reduce_grads", "all_reduce_sum", "barrier", "on_main",
-           "cached", "DistError", "spawn_local"]
+           "cached", "main_says", "DistError", "spawn_local"]
 
 
 class DistError(GlanceError):
@@ -226,14 +226,23 @@ def on_main(fn: Callable[[], object], ctx: DistContext | None = None) -> None:
     barrier(ctx)
 
 
+def main_says(flag: bool, ctx: DistContext | None = None) -> bool:
+    """Rank 0's ``flag`` on every rank (one small all-reduce): for decisions such as "does this file
+    exist yet", which the ranks must take alike, or their barriers would no longer pair up."""
+    ctx = current() if ctx is None else ctx
+    if not ctx.active:
+        return bool(flag)
+    return bool(all_reduce_sum({"flag": float(bool(flag)) if ctx.is_main else 0.0}, ctx)["flag"])
+
+
 def cached(path: str | Path, make: Callable[[], dict], ctx: DistContext | None = None) -> dict:
     """``torch``-saved dict at ``path``: read it, or (rank 0) make and write it atomically while the
-    other ranks wait, then read it."""
+    other ranks wait, then read it.  Whether it exists is rank 0's answer (:func:`main_says`)."""
     from .fileio import load_torch, save_torch
 
     ctx = current() if ctx is None else ctx
     path = Path(path)
-    if path.is_file():
+    if main_says(path.is_file(), ctx):
         return load_torch(path)
     if ctx.is_main:
         obj = make()

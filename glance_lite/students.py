@@ -445,7 +445,9 @@ def fit_students(
     cache_path = ck / "students_cache.pt"
     pool_key = json.dumps({k: settings[k] for k in ("val_fraction", "pool", "seed")}
                           | {"n_images": len(images), "image_size": p.image_size}, sort_keys=True)
-    if cache_path.is_file():
+    from .distributed import main_says
+
+    if main_says(cache_path.is_file()):  # the ranks must take this branch alike (barriers)
         cache = load_torch(cache_path)
         if cache.get("key") != pool_key:
             raise GlanceError(f"{cache_path}: was made with other settings; delete it and "

@@ -663,8 +663,8 @@ def fit(
     ctx = current_dist()
     if ctx.active:
         config["ranks"] = ctx.world
-    if not cfg_path.is_file():
-        on_main(lambda: atomic_write_json(cfg_path, config), ctx)
+    # every rank passes the barrier; rank 0 writes the first config only (a resumed run keeps its own)
+    on_main(lambda: cfg_path.is_file() or atomic_write_json(cfg_path, config), ctx)
     torch.manual_seed(preset.seed)
     images = load_train_images(cat, preset)
 
