@@ -188,11 +188,12 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
     out = []
     for name, v in sorted(val.items(), key=lambda kv: kv[1]["date"]):
         m, f = v["mean"], v["preset_fields"]
-        out.append({"variant": name, "patch": f["patch_size"] if not f.get("extra_patch_sizes") else
-                    "+".join(str(s) for s in [f["patch_size"], *f["extra_patch_sizes"]]),
-                    "Local-Net": f.get("pretrained"), "joint steps": f["global_steps"],
-                    "holes/image": f.get("global_holes", 1), "IAD metric": f.get("iad_metric", "euclidean"),
-                    "λ_s": f.get("lambda_s"), "sources": m["n_sources"],
+        patch = (f["patch_size"] if not f.get("extra_patch_sizes") else
+                 "+".join(str(x) for x in [f["patch_size"], *f["extra_patch_sizes"]]))
+        out.append({"variant": name, "Local-Net": f"{f.get('pretrained')} p{patch}",
+                    "joint steps × holes": f"{f['global_steps']} × {f.get('global_holes', 1)}",
+                    "IAD, λ_s": f"{'whitened' if f.get('iad_metric') == 'mahalanobis' else 'Eq. 11'}, {f.get('lambda_s'):g}",
+                    "sources": m["n_sources"],
                     "AU-PRO": m["AU-PRO"], "TS AU-PRO": m["ts_AU-PRO"], "glance − TS": m["glance_minus_ts_AU-PRO"],
                     "worst glance − TS": min((r.get("glance_minus_ts_AU-PRO") for r in v["rows"]
                                               if r.get("glance_minus_ts_AU-PRO") is not None), default=None),
