@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -233,6 +234,10 @@ def _run(args: argparse.Namespace) -> int:
             return 0
     if args.cmd == "pretrain":
         from .distil import DistilSettings, distil
+
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # N independent copies would race on one folder
+            raise GlanceError("pretrain runs in one process; start it without torchrun (fit, under torchrun, "
+                              "distils a Local-Net data-parallel when no shipped one fits)")
 
         st = DistilSettings(steps=args.steps, n_patches=args.patches, batch_size=args.batch_size, lr=args.lr,
                             eval_every=args.eval_every)

@@ -298,3 +298,12 @@ def test_ts_command_trains_and_scores_the_students_of_a_run(tmp_path, monkeypatc
     saved = json.loads((run / "metrics_ts.json").read_text())
     assert printed["AU-PRO"] == saved["AU-PRO"] and (run / "students.pt").is_file()
     assert main(["ts", str(tmp_path / "nope"), "--data", str(root), "--category", "widget"]) == 1
+
+
+def test_pretrain_refuses_torchrun(tmp_path, monkeypatch, capsys):
+    from glance_lite.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["pretrain", "--out", str(tmp_path / "p"), "--preset", "smoke", "--steps", "2"]) == 1
+    assert "without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
