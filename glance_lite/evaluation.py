@@ -222,8 +222,8 @@ def score_stats(run_dir: str | Path, model: GlanceModel, category: Any = None, p
                 train_images: Any = None) -> dict[str, Any]:
     """The run's scoring statistics, fitted on 16 training images spread over the training set:
     the score normaliser (:func:`glance_lite.scoring.fit_score_normaliser`) and, when
-    ``preset.iad_metric == "mahalanobis"``, the IAD whitener (:func:`glance_lite.scoring.fit_score_whitener`,
-    returned under ``"iad_whitener"``).
+    ``preset.iad_metric == "mahalanobis"``, the IAD whitener fitted in the same scoring pass
+    (:func:`glance_lite.scoring.fit_whitened_normaliser`, returned under ``"iad_whitener"``).
 
     Read from ``RUN/score_stats.json`` (Euclidean) or ``RUN/score_stats-mahalanobis.json`` +
     ``RUN/iad_whitener.pt``, or fitted and written (atomically, whitener first) on first use
@@ -231,7 +231,7 @@ def score_stats(run_dir: str | Path, model: GlanceModel, category: Any = None, p
     the run's ``config.json``; never from test images.
     """
     from .iad_metric import load_whitener, save_whitener
-    from .scoring import fit_score_normaliser, fit_score_whitener
+    from .scoring import fit_score_normaliser, fit_whitened_normaliser
 
     whiten = model.preset.iad_metric == "mahalanobis"
     path = Path(run_dir) / (WHITENED_STATS if whiten else SCORE_STATS)
@@ -259,16 +259,13 @@ def score_stats(run_dir: str | Path, model: GlanceModel, category: Any = None, p
     n = len(train_images)
     pick = torch.linspace(0, n - 1, min(16, n)).round().long().unique()
     method = model.preset.score_norm if model.preset.score_norm != "none" else "zscore"
-    whitener = None
-    if whiten:
-        whitener = fit_score_whitener(model, train_images[pick], progress=progress)
-        save_whitener(wpath, whitener)
-    stats = fit_score_normaliser(model, train_images[pick], method=method, max_images=None, progress=progress,
-                                 whitener=whitener)
+    if whiten:  # whitener and statistics from one scoring pass; the whitener is written first
+        stats = fit_whitened_normaliser(model, train_images[pick], method=method, progress=progress)
+        save_whitener(wpath, stats["iad_whitener"])
+    else:
+        stats = fit_score_normaliser(model, train_images[pick], method=method, max_images=None, progress=progress)
     stats["train_indices"] = pick.tolist()
-    atomic_write_json(path, stats)
-    if whitener is not None:
-        stats["iad_whitener"] = whitener
+    atomic_write_json(path, {k: v for k, v in stats.items() if k != "iad_whitener"})
     return stats
 
 

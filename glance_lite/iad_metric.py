@@ -41,7 +41,7 @@ from torch import Tensor
 
 from .fileio import load_torch, save_torch
 
-__all__ = ["IADWhitener", "fit_iad_whitener", "iad_scores", "save_whitener", "load_whitener", "IAD_METRICS"]
+__all__ = ["IADWhitener", "fit_iad_whitener", "iad_scores", "residual_scores", "save_whitener", "load_whitener", "IAD_METRICS"]
 
 IAD_METRICS = ("euclidean", "mahalanobis")
 """The values of the preset field ``iad_metric``."""
@@ -94,7 +94,11 @@ def iad_scores(z_l: Tensor, z_g: Tensor, whitener: IADWhitener | None = None) ->
     whitened ``(1/n)(r - mu)^T P (r - mu)``, ``r = Z_l - Z_g``."""
     if z_l.shape != z_g.shape:
         raise ValueError(f"Z_l {tuple(z_l.shape)} and Z_g {tuple(z_g.shape)} differ in shape")
-    r = z_l - z_g
+    return residual_scores(z_l - z_g, whitener)
+
+
+def residual_scores(r: Tensor, whitener: IADWhitener | None = None) -> Tensor:
+    """:func:`iad_scores` of residuals ``r = Z_l - Z_g`` given directly, over their last dimension."""
     if whitener is None:
         return r.pow(2).mean(dim=-1)
     if r.shape[-1] != whitener.dim:

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from .fast_features import _pairs, global_features_batched, global_features_incremental, local_features_at
 from .heads import combined_score, dad_score, iad_score
 from .devices import module_device
-from .iad_metric import IADWhitener, fit_iad_whitener, iad_scores
+from .iad_metric import IADWhitener, fit_iad_whitener, iad_scores, residual_scores
 from .idw import ScoringError, clear_idw_cache, idw_interpolate, idw_weights
 from .score_norm import NORMALISATIONS, normalise_scores, normaliser_from_scores
 from .local_net import grid_positions
@@ -72,6 +72,7 @@ __all__ = [
     "score_patches_loop",
     "patch_residuals",
     "fit_score_whitener",
+    "fit_whitened_normaliser",
     "head_maps",
     "anomaly_maps",
     "anomaly_maps_loop",
@@ -142,8 +143,9 @@ def _grid_for(model: nn.Module, images: Tensor, stride: int | None) -> tuple[Ten
 
 
 def _patch_features(model: nn.Module, images: Tensor, stride: int | None, batch_size: int, method: str,
-                    progress: bool) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """Per image: ``(Z_l (gh*gw, n), Z_g (gh*gw, n), tops, lefts)`` of every grid patch (no Python loop over patches)."""
+                    progress: bool) -> tuple[Tensor, Tensor, Iterator[tuple[Tensor, Tensor]]]:
+    """``(tops, lefts, features)``: the raster grid, and per image ``(Z_l, Z_g)``, each ``(gh*gw, n)``,
+    of every grid patch (no Python loop over patches)."""
     if method not in ("incremental", "batched"):
         raise ScoringError(f"method must be 'incremental' or 'batched', got {method!r}")
     p = model.preset.patch_size
@@ -153,12 +155,16 @@ def _patch_features(model: nn.Module, images: Tensor, stride: int | None, batch_
     ty, lx = _pairs(tops, lefts)
     dev = module_device(model)
     glob = global_features_incremental if method == "incremental" else global_features_batched
-    with _inference(model):
-        for i in tqdm(range(images.shape[0]), desc="score maps", disable=not progress, leave=False):
-            img = images[i : i + 1].to(dev)
-            z_l = local_features_at(model.local_net, img, tops, lefts)[0].permute(1, 2, 0).reshape(gh * gw, -1)
-            z_g = glob(model.global_net, img, ty, lx, p, batch_size=batch_size)
-            yield z_l, z_g, tops, lefts
+
+    def features() -> Iterator[tuple[Tensor, Tensor]]:
+        with _inference(model):
+            for i in tqdm(range(images.shape[0]), desc="score maps", disable=not progress, leave=False):
+                img = images[i : i + 1].to(dev)
+                z_l = local_features_at(model.local_net, img, tops, lefts)[0].permute(1, 2, 0).reshape(gh * gw, -1)
+                z_g = glob(model.global_net, img, ty, lx, p, batch_size=batch_size)
+                yield z_l, z_g
+
+    return tops, lefts, features()
 
 
 def score_patches(
@@ -186,26 +192,34 @@ def score_patches(
     Returns:
         ``dict(s_iad (B, gh, gw), s_dad (B, gh, gw), tops (gh,), lefts (gw,))`` on the CPU.
     """
+    tops, lefts, features = _patch_features(model, images, stride, batch_size, method, progress)
+    shape = (len(tops), len(lefts))
     s_iad, s_dad = [], []
-    p = model.preset.patch_size
-    tops, lefts = _grid_for(model, _check_images(images, p), stride)
-    gh, gw = len(tops), len(lefts)
-    for z_l, z_g, _, _ in _patch_features(model, images, stride, batch_size, method, progress):
-        with torch.no_grad():
-            s_iad.append(iad_scores(z_l, z_g, whitener).reshape(gh, gw).cpu())
-            s_dad.append(dad_score(model.dad, z_l, z_g).reshape(gh, gw).cpu())
+    with torch.no_grad():
+        for z_l, z_g in features:
+            s_iad.append(iad_scores(z_l, z_g, whitener).reshape(shape).cpu())
+            s_dad.append(dad_score(model.dad, z_l, z_g).reshape(shape).cpu())
     return {"s_iad": torch.stack(s_iad), "s_dad": torch.stack(s_dad), "tops": tops, "lefts": lefts}
+
+
+def _residuals_and_dad(model: nn.Module, images: Tensor, stride: int | None, progress: bool,
+                       batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """One scoring pass: the residuals ``Z_l - Z_g`` ``(B, gh, gw, n)`` and ``s_DAD`` ``(B, gh, gw)``, on the CPU."""
+    tops, lefts, features = _patch_features(model, images, stride, batch_size, "incremental", progress)
+    shape = (len(tops), len(lefts))
+    res, dad = [], []
+    with torch.no_grad():
+        for z_l, z_g in features:
+            res.append((z_l - z_g).reshape(*shape, -1).float().cpu())
+            dad.append(dad_score(model.dad, z_l, z_g).reshape(shape).cpu())
+    return torch.stack(res), torch.stack(dad)
 
 
 def patch_residuals(model: nn.Module, images: Tensor, stride: int | None = None, batch_size: int = 256,
                     progress: bool = False) -> Tensor:
     """The residuals ``Z_l - Z_g`` of every grid patch, ``(B, gh, gw, n)`` on the CPU (what Eq. 11 measures)."""
-    out = []
-    p = model.preset.patch_size
-    tops, lefts = _grid_for(model, _check_images(images, p), stride)
-    for z_l, z_g, _, _ in _patch_features(model, images, stride, batch_size, "incremental", progress):
-        out.append((z_l - z_g).reshape(len(tops), len(lefts), -1).float().cpu())
-    return torch.stack(out)
+    tops, lefts, features = _patch_features(model, images, stride, batch_size, "incremental", progress)
+    return torch.stack([(z_l - z_g).reshape(len(tops), len(lefts), -1).float().cpu() for z_l, z_g in features])
 
 
 def fit_score_whitener(model: nn.Module, train_images: Tensor, stride: int | None = None,
@@ -273,11 +287,32 @@ def fit_score_normaliser(
     smaller than on new good images; the statistics set the heads' scales and the places where they
     err on every image, not a threshold.
     """
-    if method not in NORMALISATIONS or method == "none":
-        raise ScoringError(f"unknown normalisation method {method!r}; use one of {NORMALISATIONS[1:]}")
+    _check_method(method)
     imgs = train_images if max_images is None else train_images[: int(max_images)]
     sc = score_patches(model, imgs, stride=stride, progress=progress, whitener=whitener)
-    out = normaliser_from_scores(sc["s_iad"], sc["s_dad"], method)
+    return _normaliser(model, sc["s_iad"], sc["s_dad"], method, stride, whitener)
+
+
+def fit_whitened_normaliser(model: nn.Module, train_images: Tensor, method: str = "zscore",
+                            stride: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """:func:`fit_score_whitener` and :func:`fit_score_normaliser` with it, from ONE scoring pass over
+    these TRAINING images: the statistics, with the whitener under ``"iad_whitener"``."""
+    _check_method(method)
+    r, s_dad = _residuals_and_dad(model, train_images, stride, progress)
+    whitener = fit_iad_whitener(r.reshape(-1, r.shape[-1]))
+    out = _normaliser(model, residual_scores(r, whitener), s_dad, method, stride, whitener)
+    out["iad_whitener"] = whitener
+    return out
+
+
+def _check_method(method: str) -> None:
+    if method not in NORMALISATIONS or method == "none":
+        raise ScoringError(f"unknown normalisation method {method!r}; use one of {NORMALISATIONS[1:]}")
+
+
+def _normaliser(model: nn.Module, s_iad: Tensor, s_dad: Tensor, method: str, stride: int | None,
+                whitener: IADWhitener | None) -> dict[str, Any]:
+    out = normaliser_from_scores(s_iad, s_dad, method)
     out.update(stride=int(stride or model.preset.score_stride),
                iad_metric="euclidean" if whitener is None else "mahalanobis")
     return out

@@ -74,6 +74,13 @@ def test_statistics_and_metric_must_agree():
     eu_stats = fit_score_normaliser(model, train)
     wh_stats = fit_score_normaliser(model, train, whitener=w)
     assert eu_stats["iad_metric"] == "euclidean" and wh_stats["iad_metric"] == "mahalanobis"
+    # the one-pass fit used by evaluate gives the same whitener and statistics
+    one = scoring.fit_whitened_normaliser(model, train)
+    torch.testing.assert_close(one["iad_whitener"].precision, w.precision)
+    torch.testing.assert_close(one["iad_whitener"].mean, w.mean)
+    for head in ("iad", "dad"):
+        for k in ("mean", "std", "p99", "position_std"):
+            assert one[head][k] == pytest.approx(wh_stats[head][k], rel=1e-5), (head, k)
     assert eu_stats["iad"]["mean"] != pytest.approx(wh_stats["iad"]["mean"])
     with pytest.raises(ScoringError, match="mahalanobis"):
         head_maps(model, train[:1], normalise=wh_stats)  # whitened statistics without their whitener
@@ -104,13 +111,13 @@ def test_evaluate_fits_the_whitener_on_training_images_once(tmp_path, monkeypatc
                  "--set", "score_norm=position", "--set", "iad_metric=mahalanobis", "--name", "smoke-w",
                  "--quiet"]) == 0
     seen = []
-    real = scoring.fit_score_whitener
+    real = scoring.fit_whitened_normaliser
 
     def spy(model, imgs, *a, **k):
         seen.append(imgs.clone())
         return real(model, imgs, *a, **k)
 
-    monkeypatch.setattr(scoring, "fit_score_whitener", spy)
+    monkeypatch.setattr(scoring, "fit_whitened_normaliser", spy)
     assert main(["evaluate", str(run), "--data", str(root), "--category", "widget", "--quiet"]) == 0
     m = json.loads((run / "metrics.json").read_text())
     assert m["iad_metric"] == "mahalanobis"
