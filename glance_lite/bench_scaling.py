@@ -45,22 +45,21 @@ def time_stage(ctx: DistContext, stage: str, steps: int, out: str) -> None:
     p = _preset(steps)
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    tmp = str(Path(out).parent / stage)
-    if True:
-        if stage == "finetune":
-            patches = torch.rand(512, 3, p.patch_size, p.patch_size, generator=g)
-            targets = torch.randn(512, 1280, generator=g)
-            tr = LocalTrainer(p, teacher_dim=1280, device="cpu")
-            tr.set_stats(targets)
-            h1 = tr.train("finetune", patches, targets, 2, Path(tmp) / "w.pt", progress=False)  # warm-up
-            h2 = tr.train("finetune", patches, targets, steps, Path(tmp) / "w.pt", progress=False)
-        elif stage == "global":
-            images = torch.rand(32, 3, p.image_size, p.image_size, generator=g)
-            model = GlanceModel(p)
-            h1 = train_global(model, images, tmp, progress=False, stop_after=2)  # warm-up
-            h2 = train_global(model, images, tmp, progress=False)
-        else:
-            raise ValueError(f"unknown stage {stage!r}")
+    work = Path(out).parent / stage  # shared by the ranks: checkpoints are written by rank 0
+    if stage == "finetune":
+        patches = torch.rand(512, 3, p.patch_size, p.patch_size, generator=g)
+        targets = torch.randn(512, 1280, generator=g)
+        tr = LocalTrainer(p, teacher_dim=1280, device="cpu")
+        tr.set_stats(targets)
+        h1 = tr.train("finetune", patches, targets, 2, work / "w.pt", progress=False)  # warm-up
+        h2 = tr.train("finetune", patches, targets, steps, work / "w.pt", progress=False)
+    elif stage == "global":
+        images = torch.rand(32, 3, p.image_size, p.image_size, generator=g)
+        model = GlanceModel(p)
+        h1 = train_global(model, images, work, progress=False, stop_after=2)  # warm-up
+        h2 = train_global(model, images, work, progress=False)
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
     # the stages' own clocks count the optimiser steps only (not the set-up of a call)
     sec = (h2.seconds - h1.seconds) / (steps - 2)
     if ctx.is_main:

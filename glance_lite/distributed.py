@@ -160,8 +160,7 @@ def gather_rows(x: Tensor, n_global: int, ctx: DistContext = SINGLE) -> Tensor:
         return x
     import torch.distributed.nn.functional as dfn
 
-    sizes = [shard(n_global, DistContext(r, ctx.world)).stop - shard(n_global, DistContext(r, ctx.world)).start
-             for r in range(ctx.world)]
+    sizes = [len(range(n_global)[shard(n_global, DistContext(r, ctx.world))]) for r in range(ctx.world)]
     width = max(sizes)
     pad = width - x.shape[0]
     xp = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x

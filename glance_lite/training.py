@@ -327,11 +327,6 @@ def _teacher_targets(teacher: nn.Module, patches: torch.Tensor, progress: bool,
     return teacher_features(teacher, patches, progress=progress, mixed_precision=mixed_precision)
 
 
-def _cached(path: Path, make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Read ``path`` or make and write it (data-parallel: rank 0 makes it while the others wait)."""
-    return cached(path, make)
-
-
 def pretrain_key(preset: Preset, corpus_folder: str | Path | None = None) -> str:
     """Short hash of everything that determines the pre-trained Local-Net (so a changed preset
     never silently reuses a stale pre-training)."""
@@ -406,7 +401,7 @@ def pretrain_local(
         pt = sample_patches(imgs, preset.pretrain_patches, preset.patch_size, seed=preset.seed)
         return {"patches": (pt * 255).round().to(torch.uint8), "targets": _teacher_targets(t, pt, progress, preset.mixed_precision)}
 
-    cache = _cached(out / "cache.pt", make)
+    cache = cached(out / "cache.pt", make)  # data-parallel: rank 0 makes it, the others read it
     patches = cache["patches"].float() / 255
     trainer.set_stats(cache["targets"])
     hist = trainer.train("pretrain", patches, cache["targets"], preset.pretrain_steps,
@@ -445,7 +440,7 @@ def finetune_local(
         pt = _random_crops(train_images, p.finetune_patches, p.patch_size, p.seed + 1)
         return {"patches": (pt * 255).round().to(torch.uint8), "targets": _teacher_targets(teacher, pt, progress, p.mixed_precision)}
 
-    cache = _cached(run_dir / "checkpoints" / "finetune_cache.pt", make)
+    cache = cached(run_dir / "checkpoints" / "finetune_cache.pt", make)
     return trainer.train("finetune", cache["patches"].float() / 255, cache["targets"], p.finetune_steps,
                          run_dir / "checkpoints" / "finetune.pt", stop_after=stop_after, progress=progress)
 
