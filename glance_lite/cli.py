@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("run")
     ts.add_argument("--data", required=True)
     ts.add_argument("--category", required=True)
-    ts.add_argument("--students", type=int, default=3)
+    ts.add_argument("--students", type=int, default=None,
+                    help="number of students (default: the TS baseline's, students.DEFAULT_STUDENTS)")
     ts.add_argument("--no-eval", action="store_true", help="train the students only")
     ts.add_argument("--quiet", action="store_true")
     _device_option(ts)
@@ -264,10 +265,11 @@ def _run(args: argparse.Namespace) -> int:
             print(Path(args.out) / "model.pt")
         return 0
     if args.cmd == "ts":
-        from .students import evaluate_students, fit_students
+        from .students import DEFAULT_STUDENTS, evaluate_students, fit_students
 
+        n = DEFAULT_STUDENTS if args.students is None else args.students
         with _ranks(args.device) as (ctx, dev):
-            fit_students(args.run, args.data, args.category, n_students=args.students, progress=not args.quiet
+            fit_students(args.run, args.data, args.category, n_students=n, progress=not args.quiet
                          and ctx.is_main, device=dev)
         if ctx.is_main and not args.no_eval:
             res = evaluate_students(args.run, args.data, args.category, progress=not args.quiet, device=dev)
@@ -289,17 +291,16 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{r['score']:.6f}\t{r['image']}")
         return 0
     if args.cmd == "reproduce":
-        from .reproduce import reproduce, reproduce_parallel, select_shard
+        from .reproduce import reproduce, reproduce_parallel
 
         p = _preset_from_args(args) if args.preset_file is None else _preset_from_file(args.preset_file)
-        cats = args.category
         if args.devices:
             failed = reproduce_parallel(args.devices, args.out, data_roots=args.data, preset=p, teacher=args.teacher,
-                                        runs=args.runs, categories=cats, ts=not args.no_ts, shard=args.shard,
+                                        runs=args.runs, categories=args.category, ts=not args.no_ts, shard=args.shard,
                                         redo=args.redo, progress=not args.quiet)
             return 1 if failed else 0
         reproduce(args.out, data_roots=args.data, preset=p, teacher=args.teacher, runs=args.runs,
-                  categories=cats, ts=not args.no_ts, device=args.device, shard=args.shard, redo=args.redo,
+                  categories=args.category, ts=not args.no_ts, device=args.device, shard=args.shard, redo=args.redo,
                   progress=not args.quiet)
         return 0
     if args.cmd == "validate":
