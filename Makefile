@@ -64,7 +64,7 @@ results: $(STAMP)
 # then evaluation, on the default device (GLANCE_DEVICE / auto); prints seconds per step and peak memory.
 paper-dry: $(STAMP)
 	mkdir -p _build/paper-dry
-	$(BIN)/python -m glance_lite.paper_dry --work _build/paper-dry --out _build/paper-dry/report.json
+	$(BIN)/python -m glance_lite.experiments.paper_dry --work _build/paper-dry --out _build/paper-dry/report.json
 
 # Every chapter the way Colab runs it: the wheel (not editable) in a fresh venv, each notebook alone
 # in an empty folder, smoke preset (tools/colab_check.py).  `make test` runs two chapters of it.
@@ -72,7 +72,7 @@ colab-check: $(STAMP)
 	$(BIN)/python tools/colab_check.py
 
 bench: $(STAMP)
-	$(BIN)/python -m glance_lite.bench
+	$(BIN)/python -m glance_lite.experiments.bench
 
 clean-book:
 	rm -rf _build

@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .fileio import GlanceError
+from .common.fileio import GlanceError
 
 __all__ = ["main", "build_parser"]
 
 
 def _device_option(p: argparse.ArgumentParser) -> None:
-    from .devices import DEVICE_HELP
+    from .common.devices import DEVICE_HELP
 
     p.add_argument("--device", default=None, help=f"where to run: {DEVICE_HELP} (default: $GLANCE_DEVICE or auto)")
 
@@ -36,7 +36,7 @@ def _variant_options(p: argparse.ArgumentParser) -> None:
 
 
 def _preset_from_args(args: argparse.Namespace):
-    from .presets import PRESETS, get_preset, parse_overrides
+    from .common.presets import PRESETS, get_preset, parse_overrides
 
     try:
         changes = parse_overrides(args.overrides)
@@ -53,7 +53,7 @@ def _preset_from_args(args: argparse.Namespace):
 
 
 def _preset_from_file(path: str):
-    from .presets import Preset
+    from .common.presets import Preset
 
     try:
         return Preset.from_dict(json.loads(Path(path).read_text()))
@@ -63,19 +63,19 @@ def _preset_from_file(path: str):
 
 class _ranks:
     """``with _ranks(device) as (ctx, dev)``: join torchrun's process group when there is one
-    (:func:`glance_lite.distributed.init_from_env`), turn a broken group into a one-line error, leave it."""
+    (:func:`glance_lite.common.distributed.init_from_env`), turn a broken group into a one-line error, leave it."""
 
     def __init__(self, device: str | None) -> None:
         self.device = device
 
     def __enter__(self):
-        from .distributed import init_from_env
+        from .common.distributed import init_from_env
 
         self.ctx, dev = init_from_env(self.device)
         return self.ctx, dev
 
     def __exit__(self, kind, err, tb) -> bool:
-        from .distributed import DistError, shutdown
+        from .common.distributed import DistError, shutdown
 
         try:
             if self.ctx.active and isinstance(err, RuntimeError) and not isinstance(err, GlanceError):
@@ -204,10 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .presets import describe, get_preset
+    from .common.presets import describe, get_preset
 
     if getattr(args, "device", None):  # a missing GPU is a one-line error before anything starts
-        from .devices import resolve_device
+        from .common.devices import resolve_device
 
         resolve_device(args.device)
 
@@ -218,23 +218,23 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.cmd == "data":
         if args.data_cmd == "inspect":
-            from .mvtec import inspect_category
+            from .data.mvtec import inspect_category
 
             print(json.dumps(inspect_category(args.root, args.category)))
             return 0
         if args.data_cmd == "make-offline":
-            from .offline_data import make_offline
+            from .data.offline_data import make_offline
 
             root = make_offline(args.out, seed=args.seed, size=args.size, progress=True)
             print(root)
             return 0
         if args.data_cmd == "download":
-            from .download import download_mvtec
+            from .data.download import download_mvtec
 
             print(download_mvtec(args.out, categories=args.category))
             return 0
     if args.cmd == "pretrain":
-        from .distil import DistilSettings, distil
+        from .train.distil import DistilSettings, distil
 
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # N independent copies would race on one folder
             raise GlanceError("pretrain runs in one process; start it without torchrun (fit, under torchrun, "
@@ -251,7 +251,7 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps({k: prov[k] for k in ("name", "steps", "heldout", "final", "size_bytes", "sha256")}))
         return 0
     if args.cmd == "fit":
-        from .training import fit
+        from .train.training import fit
 
         if args.pretrained is not None:
             args.overrides = (args.overrides or []) + [f"pretrained={args.pretrained}"]
@@ -265,7 +265,7 @@ def _run(args: argparse.Namespace) -> int:
             print(Path(args.out) / "model.pt")
         return 0
     if args.cmd == "ts":
-        from .students import DEFAULT_STUDENTS, evaluate_students, fit_students
+        from .baselines.students import DEFAULT_STUDENTS, evaluate_students, fit_students
 
         n = DEFAULT_STUDENTS if args.students is None else args.students
         with _ranks(args.device) as (ctx, dev):
@@ -276,7 +276,7 @@ def _run(args: argparse.Namespace) -> int:
             print(json.dumps({k: res.get(k) for k in ("category", "image_AUROC", "pixel_AUROC", "AU-PRO")}))
         return 0
     if args.cmd == "evaluate":
-        from .evaluation import evaluate_run
+        from .evaluate.evaluation import evaluate_run
 
         res = evaluate_run(args.run, args.data, args.category, progress=not args.quiet, overlays=args.overlays,
                            device=args.device)
@@ -284,14 +284,14 @@ def _run(args: argparse.Namespace) -> int:
                                               "seconds_per_image", "preset")}))
         return 0
     if args.cmd == "predict":
-        from .evaluation import predict
+        from .evaluate.evaluation import predict
 
         recs = predict(args.run, args.inputs, args.out, progress=not args.quiet, device=args.device)
         for r in recs:
             print(f"{r['score']:.6f}\t{r['image']}")
         return 0
     if args.cmd == "reproduce":
-        from .reproduce import reproduce, reproduce_parallel
+        from .experiments.reproduce import reproduce, reproduce_parallel
 
         p = _preset_from_args(args) if args.preset_file is None else _preset_from_file(args.preset_file)
         if args.devices:
@@ -304,7 +304,7 @@ def _run(args: argparse.Namespace) -> int:
                   progress=not args.quiet)
         return 0
     if args.cmd == "validate":
-        from .validation import run_cli
+        from .experiments.validation import run_cli
 
         p = _preset_from_args(args)
         print(describe(p), file=sys.stderr)

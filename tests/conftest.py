@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from glance_lite.paths import shared_category, shared_data_dir  # noqa: E402
+from glance_lite.common.paths import shared_category, shared_data_dir  # noqa: E402
 
 
 def _need(p: Path | None, what: str) -> Path:

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from glance_lite import book_tables
-from glance_lite.paper_tables import TABLE1_PRO, TABLE4_LAMBDA_PRO
-from glance_lite.reproduce import load_results, load_validation
+from glance_lite.report import book_tables
+from glance_lite.report.paper_tables import TABLE1_PRO, TABLE4_LAMBDA_PRO
+from glance_lite.experiments.reproduce import load_results, load_validation
 
 pytest.importorskip("pandas")
 
@@ -45,7 +45,7 @@ def test_offline_and_table_4_match_the_results_files():
 
 
 def test_provenance_has_no_absolute_paths(tmp_path):
-    from glance_lite.paths import results_dir
+    from glance_lite.common.paths import results_dir
 
     rows = load_results()
     html = book_tables.provenance_html(rows, results_dir())

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from glance_lite import chapters
-from glance_lite.presets import get_preset
+from glance_lite.experiments import chapters
+from glance_lite.common.presets import get_preset
 
 from test_cli import _tiny_dataset
 
 
 def test_mvtec_root_downloads_only_for_the_paper_preset(tmp_path, monkeypatch):
-    import glance_lite.download as dl
+    import glance_lite.data.download as dl
 
     monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("GLANCE_SHARED", str(tmp_path / "no-shared"))
@@ -40,7 +40,7 @@ def test_mvtec_root_prefers_the_shared_data(tmp_path, monkeypatch):
 
 
 def test_display_path_never_shows_an_absolute_path(tmp_path, monkeypatch):
-    from glance_lite.paths import display_path, repo_root
+    from glance_lite.common.paths import display_path, repo_root
 
     monkeypatch.setenv("GLANCE_SHARED", str(tmp_path))
     assert display_path(repo_root() / "data" / "offline") == "data/offline"

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from glance_lite import cifar
-from glance_lite.cifar import CIFAR10_CLASSES, one_class_split
-from glance_lite.fileio import DatasetError, GlanceError
+from glance_lite.data import cifar
+from glance_lite.data.cifar import CIFAR10_CLASSES, one_class_split
+from glance_lite.common.fileio import DatasetError, GlanceError
 
 
 def _fake(

@@ -101,13 +101,13 @@ def test_fit_evaluate_predict_end_to_end(tmp_path, capsys, monkeypatch):
     # re-running fit on a finished run resumes instantly and changes nothing
     before = (run / "model.pt").read_bytes()
     assert main(["fit", "--data", str(root), "--category", "widget", "--out", str(run), "--preset", "smoke", "--quiet"]) == 0
-    from glance_lite.model import GlanceModel
+    from glance_lite.models.model import GlanceModel
     a = GlanceModel.load(run)
     assert (run / "model.pt").read_bytes() is not None and a is not None
 
 
 def test_set_overrides_are_typed_and_checked():
-    from glance_lite.presets import parse_overrides
+    from glance_lite.common.presets import parse_overrides
 
     o = parse_overrides(["global_steps=30", "lr=1e-4", "global_channels=8,8,16,16,16,32,32",
                          "max_test_images=none", "teacher=efficientnet_lite0"])
@@ -150,7 +150,7 @@ def test_readme_commands_parse():
 
 
 def test_evaluation_reports_every_normalisation_fitted_on_training_images(tmp_path, capsys, monkeypatch):
-    import glance_lite.scoring as scoring
+    import glance_lite.score.scoring as scoring
 
     monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
     root = _tiny_dataset(tmp_path / "ds", n_train=7)
@@ -171,9 +171,9 @@ def test_evaluation_reports_every_normalisation_fitted_on_training_images(tmp_pa
     assert m["AU-PRO"] == m["normalisations"]["position"]["AU-PRO"]
     assert m["heads"]["iad_only"] == m["normalisations"]["position"]["iad_only"]
     # the normaliser saw the 7 training images (16 at most, spread over the set), no test image
-    from glance_lite.mvtec import find_category
-    from glance_lite.presets import get_preset
-    from glance_lite.training import load_train_images
+    from glance_lite.data.mvtec import find_category
+    from glance_lite.common.presets import get_preset
+    from glance_lite.train.training import load_train_images
 
     train = load_train_images(find_category(root, "widget"), get_preset("smoke"))
     assert len(seen) == 1 and torch.equal(seen[0], train)
@@ -188,17 +188,17 @@ def test_evaluation_reports_every_normalisation_fitted_on_training_images(tmp_pa
 def test_evaluation_fields_do_not_ask_for_a_new_fit(tmp_path, monkeypatch):
     # score_norm, lambda_s, the grid and IDW only change how a run is scored: fit resumes the same
     # run and evaluate_run(preset=) scores it with the new fields; a training field still refuses
-    from glance_lite.evaluation import evaluate_run
-    from glance_lite.fileio import GlanceError
-    from glance_lite.presets import get_preset
-    from glance_lite.training import fit
+    from glance_lite.evaluate.evaluation import evaluate_run
+    from glance_lite.common.fileio import GlanceError
+    from glance_lite.common.presets import get_preset
+    from glance_lite.train.training import fit
 
     monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
     root = _tiny_dataset(tmp_path / "ds")
     run = tmp_path / "run"
     p = get_preset("smoke")
     fit(root, "widget", run, p, progress=False)
-    from glance_lite.model import GlanceModel
+    from glance_lite.models.model import GlanceModel
 
     before = GlanceModel.load(run).state_dict()
     hist = (run / "history.json").read_text()
@@ -217,10 +217,10 @@ def test_evaluation_fields_do_not_ask_for_a_new_fit(tmp_path, monkeypatch):
 
 def test_ts_baseline_accepts_a_run_rescored_with_other_evaluation_fields(tmp_path, monkeypatch):
     # the students of a run stay valid when only the scoring settings of its preset change
-    from glance_lite.evaluation import evaluate_run
-    from glance_lite.presets import get_preset
-    from glance_lite.students import run_ts_baseline
-    from glance_lite.training import fit
+    from glance_lite.evaluate.evaluation import evaluate_run
+    from glance_lite.common.presets import get_preset
+    from glance_lite.baselines.students import run_ts_baseline
+    from glance_lite.train.training import fit
 
     monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
     root = _tiny_dataset(tmp_path / "ds")

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from glance_lite import corpus
-from glance_lite.corpus import natural_images, sample_patches
-from glance_lite.fileio import DatasetError, GlanceError
+from glance_lite.data import corpus
+from glance_lite.data.corpus import natural_images, sample_patches
+from glance_lite.common.fileio import DatasetError, GlanceError
 
 
 def _coord_image(h: int = 40, w: int = 50) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Device handling (glance_lite.devices): naming a device, one-line errors for a missing GPU,
+"""Device handling (glance_lite.common.devices): naming a device, one-line errors for a missing GPU,
 device-free checkpoints, and mixed precision that is off on the CPU.
 
 The tests marked ``cuda`` need a GPU and are skipped without one (the CPU-only CI never runs them).
@@ -12,9 +12,9 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from glance_lite.devices import Precision, resolve_device
-from glance_lite.fileio import GlanceError, cpu_state, load_torch, save_torch
-from glance_lite.presets import get_preset
+from glance_lite.common.devices import Precision, resolve_device
+from glance_lite.common.fileio import GlanceError, cpu_state, load_torch, save_torch
+from glance_lite.common.presets import get_preset
 
 from test_cli import _tiny_dataset
 
@@ -94,8 +94,8 @@ def test_paper_preset_has_mixed_precision_and_cpu_presets_do_not():
 
 
 def test_fit_records_its_device_and_the_same_seed_gives_the_same_run(tmp_path, monkeypatch):
-    from glance_lite.model import GlanceModel
-    from glance_lite.training import fit
+    from glance_lite.models.model import GlanceModel
+    from glance_lite.train.training import fit
 
     monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
     root = _tiny_dataset(tmp_path / "ds")
@@ -111,9 +111,9 @@ def test_fit_records_its_device_and_the_same_seed_gives_the_same_run(tmp_path, m
 
 @cuda
 def test_a_run_trained_on_the_gpu_evaluates_and_resumes_on_the_cpu(tmp_path, monkeypatch):  # pragma: no cover
-    from glance_lite.evaluation import evaluate_run
-    from glance_lite.model import GlanceModel
-    from glance_lite.training import fit
+    from glance_lite.evaluate.evaluation import evaluate_run
+    from glance_lite.models.model import GlanceModel
+    from glance_lite.train.training import fit
 
     monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
     root = _tiny_dataset(tmp_path / "ds")
@@ -143,7 +143,7 @@ def test_no_training_stage_ignores_the_device():
     import glance_lite
 
     calls = []
-    for f in Path(glance_lite.__file__).parent.glob("*.py"):
+    for f in Path(glance_lite.__file__).parent.rglob("*.py"):
         src = f.read_text()
         for m in re.finditer(r"run_stage\(", src):
             if src[max(0, m.start() - 4):m.start()] == "def ":

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import glance_lite.shipped as shipped
-import glance_lite.teachers as teachers
-from glance_lite.distil import DistilSettings, distil, lr_schedule, split_corpus
-from glance_lite.fileio import GlanceError
-from glance_lite.presets import get_preset
-from glance_lite.training import pretrain_local
+import glance_lite.models.shipped as shipped
+import glance_lite.models.teachers as teachers
+from glance_lite.train.distil import DistilSettings, distil, lr_schedule, split_corpus
+from glance_lite.common.fileio import GlanceError
+from glance_lite.common.presets import get_preset
+from glance_lite.train.training import pretrain_local
 
 TINY = DistilSettings(steps=6, n_patches=48, batch_size=8, lr=3e-4, warmup=2, n_heldout=16, eval_every=3, chunk=32)
 

@@ -1,4 +1,4 @@
-"""Data-parallel training (glance_lite.distributed) on CPU with gloo: 2 ranks give what 1 process gives.
+"""Data-parallel training (glance_lite.common.distributed) on CPU with gloo: 2 ranks give what 1 process gives.
 
 Each multi-rank test starts real processes (``spawn_local``, as torchrun would on one machine); the
 stage functions are the package's own, so what is tested is the code ``fit`` runs under torchrun.
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from glance_lite.distributed import SINGLE, DistContext, DistError, gather_rows, shard, spawn_local
-from glance_lite.presets import get_preset
+from glance_lite.common.distributed import SINGLE, DistContext, DistError, gather_rows, shard, spawn_local
+from glance_lite.common.presets import get_preset
 
 WORLD = 2
 STEPS = 4
@@ -33,7 +33,7 @@ def _preset(**kw):
 
 
 def _local_stage(ctx: DistContext, out: str, steps: int, stop_after: int | None = None) -> None:
-    from glance_lite.training import LocalTrainer
+    from glance_lite.train.training import LocalTrainer
 
     p = _preset()
     g = torch.Generator().manual_seed(5)
@@ -49,8 +49,8 @@ def _local_stage(ctx: DistContext, out: str, steps: int, stop_after: int | None 
 
 
 def _global_stage(ctx: DistContext, out: str, steps: int, holes: int = 1, stop_after: int | None = None) -> None:
-    from glance_lite.model import GlanceModel
-    from glance_lite.training import train_global
+    from glance_lite.models.model import GlanceModel
+    from glance_lite.train.training import train_global
 
     p = _preset(global_steps=steps, global_holes=holes)
     torch.manual_seed(0)
@@ -64,7 +64,7 @@ def _global_stage(ctx: DistContext, out: str, steps: int, holes: int = 1, stop_a
 
 
 def _students_stage(ctx: DistContext, out: str, steps: int, stop_after: int | None = None) -> None:
-    from glance_lite.students import new_student, train_student
+    from glance_lite.baselines.students import new_student, train_student
 
     p = _preset()
     g = torch.Generator().manual_seed(7)
@@ -151,7 +151,7 @@ def test_a_run_stopped_under_two_ranks_resumes_under_one(tmp_path):
 
 
 def _dies(ctx: DistContext, out: str) -> None:
-    from glance_lite.distributed import all_reduce_sum
+    from glance_lite.common.distributed import all_reduce_sum
 
     if ctx.rank == 1:
         os._exit(3)
@@ -240,7 +240,7 @@ def test_reproduce_on_two_cpu_workers_equals_a_sequential_run(tmp_path):
 def test_a_failed_category_is_reported_and_the_others_finish(tmp_path, capsys):
     from test_cli import _tiny_dataset
 
-    from glance_lite.reproduce import reproduce_parallel
+    from glance_lite.experiments.reproduce import reproduce_parallel
 
     root = tmp_path / "ds"
     _tiny_dataset(root, n_train=6)
@@ -270,8 +270,8 @@ def test_a_missing_gpu_in_the_device_list_stops_before_anything_starts(tmp_path,
 def test_the_scaling_page_shows_the_committed_measurement():
     # book/scaling.md includes results/scaling/cpu.md, which must be exactly what the benchmark
     # writes for the committed cpu.json (no hand-edited numbers)
-    from glance_lite.bench_scaling import markdown
-    from glance_lite.paths import results_dir
+    from glance_lite.experiments.bench_scaling import markdown
+    from glance_lite.common.paths import results_dir
 
     res = json.loads((results_dir() / "scaling" / "cpu.json").read_text())
     assert (results_dir() / "scaling" / "cpu.md").read_text() == markdown(res)

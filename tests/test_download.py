@@ -13,9 +13,9 @@ from typing import Iterator
 
 import pytest
 
-from glance_lite import download as dl
-from glance_lite.download import download, download_mvtec, safe_extract, sha256sum
-from glance_lite.fileio import GlanceError
+from glance_lite.data import download as dl
+from glance_lite.data.download import download, download_mvtec, safe_extract, sha256sum
+from glance_lite.common.fileio import GlanceError
 
 PAYLOAD = bytes(range(256)) * 4000  # ~1 MB, not a multiple of the 1 MiB chunk
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from glance_lite.features import abnormal_patch_features, head_views, separation
-from glance_lite.model import GlanceModel
-from glance_lite.presets import get_preset
+from glance_lite.evaluate.features import abnormal_patch_features, head_views, separation
+from glance_lite.models.model import GlanceModel
+from glance_lite.common.presets import get_preset
 
 
 def test_abnormal_patches_and_views():

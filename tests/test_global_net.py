@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glance_lite.global_net import GlobalNet, hole_mask
-from glance_lite.partial_conv import MaskError
-from glance_lite.presets import get_preset
+from glance_lite.models.global_net import GlobalNet, hole_mask
+from glance_lite.models.partial_conv import MaskError
+from glance_lite.common.presets import get_preset
 
 
 def _net_and_input(name: str, batch: int, seed: int = 0):

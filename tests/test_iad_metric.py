@@ -1,4 +1,4 @@
-"""Tests of the whitened inconsistency metric (glance_lite.iad_metric) and of how runs use it."""
+"""Tests of the whitened inconsistency metric (glance_lite.score.iad_metric) and of how runs use it."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from glance_lite import scoring
-from glance_lite.heads import iad_score
-from glance_lite.iad_metric import IADWhitener, fit_iad_whitener, iad_scores, load_whitener, save_whitener
-from glance_lite.model import GlanceModel
-from glance_lite.presets import get_preset, training_fields
-from glance_lite.scoring import ScoringError, fit_score_normaliser, fit_score_whitener, head_maps
+from glance_lite.score import scoring
+from glance_lite.models.heads import iad_score
+from glance_lite.score.iad_metric import IADWhitener, fit_iad_whitener, iad_scores, load_whitener, save_whitener
+from glance_lite.models.model import GlanceModel
+from glance_lite.common.presets import get_preset, training_fields
+from glance_lite.score.scoring import ScoringError, fit_score_normaliser, fit_score_whitener, head_maps
 
 
 def test_identity_whitener_is_eq_11():
@@ -121,8 +121,8 @@ def test_evaluate_fits_the_whitener_on_training_images_once(tmp_path, monkeypatc
     assert main(["evaluate", str(run), "--data", str(root), "--category", "widget", "--quiet"]) == 0
     m = json.loads((run / "metrics.json").read_text())
     assert m["iad_metric"] == "mahalanobis"
-    from glance_lite.mvtec import find_category
-    from glance_lite.training import load_train_images
+    from glance_lite.data.mvtec import find_category
+    from glance_lite.train.training import load_train_images
 
     train = load_train_images(find_category(root, "widget"), get_preset("smoke"))
     assert len(seen) == 1 and torch.equal(seen[0], train)  # training images only

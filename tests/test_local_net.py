@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glance_lite.local_net import (
+from glance_lite.models.local_net import (
     LAYER_TABLES,
     Decoder,
     FeatureNormaliser,
@@ -161,7 +161,7 @@ def test_adam_steps_reduce_local_loss() -> None:
 
 def test_strided_equals_per_patch_on_the_natural_grid():
     import torch
-    from glance_lite.local_net import LocalNet
+    from glance_lite.models.local_net import LocalNet
 
     torch.manual_seed(0)
     net = LocalNet(33).eval()
@@ -180,8 +180,8 @@ def test_on_grid_covers_the_scoring_grid_exactly(size):
     # the training grid is the scoring grid with step J, border row/column included, and each entry
     # is the per-patch forward of the patch at those coordinates
     import torch
-    from glance_lite.local_net import LocalNet
-    from glance_lite.scoring import patch_grid
+    from glance_lite.models.local_net import LocalNet
+    from glance_lite.score.scoring import patch_grid
 
     torch.manual_seed(0)
     net = LocalNet(33).eval()

@@ -1,4 +1,4 @@
-"""Tests of glance_lite.metrics: PRO curve, AU-PRO, pixel and image AUROC.
+"""Tests of glance_lite.evaluate.metrics: PRO curve, AU-PRO, pixel and image AUROC.
 
 Hand-computed cases carry their arithmetic in comments.  Notation: a curve is listed as its points
 (FPR, PRO), starting at (0, 0); "after 0.5" means the prediction ``map >= 0.5``.
@@ -12,8 +12,8 @@ import torch
 from scipy import ndimage
 from skimage.measure import label as sk_label
 
-from glance_lite.fileio import GlanceError
-from glance_lite.metrics import (
+from glance_lite.common.fileio import GlanceError
+from glance_lite.evaluate.metrics import (
     MetricError,
     au_pro,
     image_auroc,
@@ -336,7 +336,7 @@ def test_image_scores_bad_reduce():
 
 
 def test_summary_metrics_defines_only_what_the_data_allows():
-    from glance_lite.metrics import summary_metrics
+    from glance_lite.evaluate.metrics import summary_metrics
 
     maps = np.zeros((3, 4, 4))
     maps[1, 1:3, 1:3] = 1.0

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from glance_lite.presets import get_preset
+from glance_lite.common.presets import get_preset
 
 from test_cli import _tiny_dataset
 
@@ -24,10 +24,10 @@ def test_extra_patch_sizes_are_checked():
 
 
 def test_multiscale_maps_are_the_mean_of_each_scale(tmp_path, monkeypatch):
-    from glance_lite.evaluation import evaluate_run
-    from glance_lite.metrics import au_pro
-    from glance_lite.students import run_ts_baseline
-    from glance_lite.training import fit, scale_dir
+    from glance_lite.evaluate.evaluation import evaluate_run
+    from glance_lite.evaluate.metrics import au_pro
+    from glance_lite.baselines.students import run_ts_baseline
+    from glance_lite.train.training import fit, scale_dir
 
     monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
     root = _tiny_dataset(tmp_path / "ds", size=48)
@@ -68,9 +68,9 @@ def test_multiscale_maps_are_the_mean_of_each_scale(tmp_path, monkeypatch):
 def test_predict_on_a_multiscale_run_needs_every_scale(tmp_path, monkeypatch):
     import shutil
 
-    from glance_lite.evaluation import predict
-    from glance_lite.fileio import GlanceError
-    from glance_lite.training import fit, scale_dir
+    from glance_lite.evaluate.evaluation import predict
+    from glance_lite.common.fileio import GlanceError
+    from glance_lite.train.training import fit, scale_dir
 
     monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
     root = _tiny_dataset(tmp_path / "ds", size=48)

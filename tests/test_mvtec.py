@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from glance_lite.fileio import DatasetError, GlanceError
-from glance_lite.mvtec import (
+from glance_lite.common.fileio import DatasetError, GlanceError
+from glance_lite.data.mvtec import (
     Category,
     MVTecDataset,
     find_category,

@@ -27,12 +27,13 @@ def test_notebook_prints_preset_and_installs_only_on_colab(nb):
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[n.name for n in NOTEBOOKS])
 def test_install_cell_is_the_one_made_from_the_repository_url(nb):
-    # one URL, in glance_lite.chapters.REPO_URL; `python -m glance_lite.chapters` rewrites the cells
-    from glance_lite.chapters import REPO_URL, install_cell_source
+    # one URL, in glance_lite.experiments.chapters.REPO_URL; `python -m glance_lite.experiments.chapters` rewrites
+    # the cells
+    from glance_lite.experiments.chapters import REPO_URL, install_cell_source
 
     first = json.loads(nb.read_text())["cells"][0]
     src = "".join(first["source"])
-    assert src == install_cell_source(), f"{nb.name}: run `python -m glance_lite.chapters`"
+    assert src == install_cell_source(), f"{nb.name}: run `python -m glance_lite.experiments.chapters`"
     assert REPO_URL in src and "-c /tmp/keep-torch.txt" in src  # torch is never reinstalled
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glance_lite import offline_data as od
-from glance_lite.fileio import DatasetError, GlanceError
-from glance_lite.offline_data import (
+from glance_lite.data import offline_data as od
+from glance_lite.common.fileio import DatasetError, GlanceError
+from glance_lite.data.offline_data import (
     GREY_CATEGORIES,
     OFFLINE_CATEGORIES,
     OFFLINE_DEFECTS,
@@ -137,7 +137,7 @@ def test_good_images_have_empty_masks():
 
 
 def test_mesh_is_grey_in_memory_on_disk_and_through_the_loader(small_root):
-    from glance_lite import mvtec
+    from glance_lite.data import mvtec
 
     for defect in ["good", *OFFLINE_DEFECTS["mesh"]]:
         s = render_sample("mesh", defect, 1, size=64)
@@ -204,7 +204,7 @@ def test_plank_images_vary_in_size_and_aspect_ratio(size):
 
 
 def test_plank_on_disk_and_through_the_loader(small_root, tmp_path):
-    from glance_lite import mvtec
+    from glance_lite.data import mvtec
 
     sizes = set()
     for p in sorted((small_root / "plank").rglob("*.png")):
@@ -359,7 +359,7 @@ def test_bad_arguments_raise_glance_errors():
 
 
 def test_loads_with_mvtec_loader(small_root):
-    mvtec = pytest.importorskip("glance_lite.mvtec")
+    mvtec = pytest.importorskip("glance_lite.data.mvtec")
     for name, defects in OFFLINE_DEFECTS.items():
         cat = mvtec.find_category(small_root, name)
         assert cat.has_masks and len(cat.train) == 3

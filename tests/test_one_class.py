@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from glance_lite import one_class as oc
-from glance_lite.fileio import GlanceError
-from glance_lite.model import GlanceModel
-from glance_lite.presets import get_preset
+from glance_lite.experiments import one_class as oc
+from glance_lite.common.fileio import GlanceError
+from glance_lite.models.model import GlanceModel
+from glance_lite.common.presets import get_preset
 
 
 def _write_npz(folder, n_train=6, n_test=4, seed=0):

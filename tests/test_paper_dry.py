@@ -1,7 +1,7 @@
 """The paper preset's dry run keeps every size of the paper preset and cuts only steps and data."""
 
-from glance_lite.paper_dry import dry_preset
-from glance_lite.presets import get_preset, training_fields
+from glance_lite.experiments.paper_dry import dry_preset
+from glance_lite.common.presets import get_preset, training_fields
 
 
 def test_dry_run_keeps_the_paper_sizes():

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glance_lite.fileio import GlanceError
-from glance_lite.partial_conv import MaskError, PartialConv2d, mask_max_pool2d
+from glance_lite.common.fileio import GlanceError
+from glance_lite.models.partial_conv import MaskError, PartialConv2d, mask_max_pool2d
 
 
 def loop_pconv(x, mask, weight, bias, stride, padding, multi_channel):

@@ -55,7 +55,7 @@ def test_missing_dependency_in_process(script, monkeypatch, capsys, tmp_path):
 
 
 def test_mapping_renames_every_tensor(script, wheel_sd):
-    from glance_lite.teachers import EfficientNetLite0
+    from glance_lite.models.teachers import EfficientNetLite0
 
     mapped = script.map_lite0_state_dict(wheel_sd)
     assert len(wheel_sd) == 296 and len(mapped) == len(wheel_sd)  # nothing dropped, nothing merged

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 
-from glance_lite.presets import PRESETS, Preset
-from glance_lite.reproduce import load_results, load_validation
+from glance_lite.common.presets import PRESETS, Preset
+from glance_lite.experiments.reproduce import load_results, load_validation
 
 
 def _write(path: Path, obj: dict) -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glance_lite import idw, scoring
-from glance_lite.fileio import GlanceError
-from glance_lite.global_net import GlobalNet, hole_mask
-from glance_lite.local_net import LocalNet
-from glance_lite.model import GlanceModel
-from glance_lite.presets import get_preset
-from glance_lite.scoring import (
+from glance_lite.score import idw, scoring
+from glance_lite.common.fileio import GlanceError
+from glance_lite.models.global_net import GlobalNet, hole_mask
+from glance_lite.models.local_net import LocalNet
+from glance_lite.models.model import GlanceModel
+from glance_lite.common.presets import get_preset
+from glance_lite.score.scoring import (
     ScoringError,
     anomaly_maps,
     anomaly_maps_loop,
@@ -318,7 +318,7 @@ def test_loop_subset_for_extrapolation(smoke_model, smoke_images):
 
 
 def test_bench_table_formats_rows():
-    from glance_lite.bench import format_table
+    from glance_lite.experiments.bench import format_table
 
     row = dict(preset="paper", image=256, patch=33, stride=4, patches_per_image=3249, fast_s_per_image=2.0,
                loop_s_per_image=100.0, ratio_wall=50.0, ratio_cpu=40.0, fast_setup_s=1.0, fast_peak_mb=10.0,
@@ -377,7 +377,7 @@ def test_differentiable_incremental_global_net_matches_values_and_gradients(h, w
 
 
 def test_position_normaliser_removes_what_every_training_image_shares(smoke_model, smoke_images):
-    from glance_lite.scoring import normalised_head_maps
+    from glance_lite.score.scoring import normalised_head_maps
 
     train = torch.rand(4, 3, 48, 48, generator=torch.Generator().manual_seed(6))
     stats = fit_score_normaliser(smoke_model, train, method="position")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from glance_lite.heads import DADHead, combined_score, dad_loss, dad_score, iad_score
-from glance_lite.stains import add_stain, stain_mask
+from glance_lite.models.heads import DADHead, combined_score, dad_loss, dad_score, iad_score
+from glance_lite.data.stains import add_stain, stain_mask
 
 
 @pytest.mark.parametrize("p", [17, 33, 65])

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from glance_lite.fileio import GlanceError, load_torch
-from glance_lite.local_net import LocalNet
-from glance_lite.model import GlanceModel
-from glance_lite.presets import get_preset
-from glance_lite.students import (
+from glance_lite.common.fileio import GlanceError, load_torch
+from glance_lite.models.local_net import LocalNet
+from glance_lite.models.model import GlanceModel
+from glance_lite.common.presets import get_preset
+from glance_lite.baselines.students import (
     StudentEnsemble,
     fit_students,
     make_pool,

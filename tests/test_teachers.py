@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glance_lite import teachers
-from glance_lite.fileio import GlanceError
-from glance_lite.teachers import (
+from glance_lite.models import teachers
+from glance_lite.common.fileio import GlanceError
+from glance_lite.models.teachers import (
     CAT_CLASSES,
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glance_lite.model import GlanceModel
-from glance_lite.presets import get_preset
-from glance_lite.training import LocalTrainer, crop_patches, train_global
+from glance_lite.models.model import GlanceModel
+from glance_lite.common.presets import get_preset
+from glance_lite.train.training import LocalTrainer, crop_patches, train_global
 
 
 def _images(n=6, s=48, seed=0):
@@ -105,8 +105,8 @@ def test_joint_loss_decreases(tmp_path, holes):
 def test_global_stage_trains_on_every_scored_hole_position(tmp_path, monkeypatch):
     # 46-pixel images, 33-pixel patches, Local-Net stride 4: the score maps use lefts 0, 4, 8, 12 and
     # the border position 13; the joint stage must put holes there too (it once stopped at 12)
-    import glance_lite.training as tr
-    from glance_lite.scoring import patch_grid
+    import glance_lite.train.training as tr
+    from glance_lite.score.scoring import patch_grid
 
     p = get_preset("smoke").replace(image_size=46, patch_size=33, global_steps=40, batch_size=8,
                                     checkpoint_every=100)
@@ -128,7 +128,7 @@ def test_global_stage_trains_on_every_scored_hole_position(tmp_path, monkeypatch
 def test_many_holes_per_image_use_the_incremental_global_net(tmp_path, monkeypatch):
     # global_holes=4 with a batch of 8: eight images per step, four holes in each, Z_g from the
     # differentiable incremental Global-Net (no full masked copy per hole)
-    import glance_lite.training as tr
+    import glance_lite.train.training as tr
 
     p = get_preset("smoke").replace(global_steps=3, batch_size=8, global_holes=4, checkpoint_every=100)
     m = _model(p)
@@ -155,7 +155,7 @@ def test_preset_fields_are_checked():
 def test_a_finished_joint_stage_is_not_recomputed(tmp_path, monkeypatch):
     # re-running fit on a finished run (e.g. to evaluate it with other evaluation settings) must not
     # recompute the Local-Net grid features of every training image
-    import glance_lite.training as tr
+    import glance_lite.train.training as tr
 
     p = get_preset("smoke").replace(global_steps=3, checkpoint_every=100)
     imgs = _images()

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glance_lite import validation as V
+from glance_lite.experiments import validation as V
 from glance_lite.cli import main
-from glance_lite.fileio import DatasetError, GlanceError
+from glance_lite.common.fileio import DatasetError, GlanceError
 
 
 def _fake_category(root: Path, n_train: int = 12, size: int = 64, name: str = "widget", grey: bool = False,
@@ -46,7 +46,7 @@ def _arr(path: Path) -> np.ndarray:
 def test_heldout_split_never_reads_test_and_is_exact(tmp_path, monkeypatch):
     src = _fake_category(tmp_path / "src")
     read: list[str] = []
-    import glance_lite.mvtec as mv
+    import glance_lite.data.mvtec as mv
 
     orig = mv.load_image
     monkeypatch.setattr(mv, "load_image", lambda p, s: (read.append(str(p)), orig(p, s))[1])
@@ -65,7 +65,7 @@ def test_heldout_split_never_reads_test_and_is_exact(tmp_path, monkeypatch):
     man = json.loads((cat / "manifest.json").read_text())
     assert man["heldout"] == held and man["seed"] == 3 and man["version"] == V.HELDOUT_VERSION
     # a valid MVTec category; every defect type is present with one mask per image
-    from glance_lite.mvtec import find_category
+    from glance_lite.data.mvtec import find_category
 
     c = find_category(data, "widget")
     assert c.has_masks and set(c.defects) == {"good", *V.DEFECT_TYPES}
@@ -155,7 +155,7 @@ def test_cli_bad_sources_one_line(tmp_path, capsys):
 
 
 def test_parse_source_modes(tmp_path):
-    from glance_lite.offline_data import make_offline
+    from glance_lite.data.offline_data import make_offline
 
     off = make_offline(tmp_path / "off", size=32, n_train=1, n_test_good=1, n_test_defect=1)
     assert V.parse_source(f"{off}:brick").mode == "test"
@@ -166,8 +166,8 @@ def test_parse_source_modes(tmp_path):
 
 
 def test_validate_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
-    from glance_lite.offline_data import make_offline
-    from glance_lite.presets import get_preset
+    from glance_lite.data.offline_data import make_offline
+    from glance_lite.common.presets import get_preset
 
     monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
     off = make_offline(tmp_path / "off", size=64, n_train=6, n_test_good=2, n_test_defect=2)
@@ -200,11 +200,11 @@ def test_validate_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     cfg = json.loads((Path(rows[1]["run"]) / "config.json").read_text())
     assert Path(cfg["data_root"]) == (out / "data").resolve()
     # the same sources again through the CLI: nothing is refitted or re-evaluated
-    import glance_lite.evaluation
-    import glance_lite.training
+    import glance_lite.evaluate.evaluation
+    import glance_lite.train.training
 
-    monkeypatch.setattr(glance_lite.training, "fit", lambda *a, **k: pytest.fail("refitted"))
-    monkeypatch.setattr(glance_lite.evaluation, "evaluate_run", lambda *a, **k: pytest.fail("re-evaluated"))
+    monkeypatch.setattr(glance_lite.train.training, "fit", lambda *a, **k: pytest.fail("refitted"))
+    monkeypatch.setattr(glance_lite.evaluate.evaluation, "evaluate_run", lambda *a, **k: pytest.fail("re-evaluated"))
     capsys.readouterr()
     argv = ["validate", "--out", str(out), "--preset", "smoke", "--set", "global_steps=2", "--name", "smoke-val",
             "--quiet", "--source", sources[0], "--source", sources[1]]

