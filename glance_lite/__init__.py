@@ -6,10 +6,9 @@ above it (checked by ``tests/test_layering.py``)::
     common       paths, fileio, devices, distributed, presets, figures
     data         mvtec, offline_data, cifar, corpus, download, stains
     models       teachers, local_net (Eq. 1-4), partial_conv (Eq. 5), global_net (Eq. 6),
-                 heads (Eq. 7-9, 11-13), model, shipped
+                 heads (Eq. 7-9, 11-13), fast_features (Eq. 4-6 on a grid), model, shipped
     train        training (Eq. 3, 10), distil
-    score        fast_features (Eq. 4-6 on the raster grid), idw (IDW maps), score_norm, iad_metric,
-                 scoring (Eq. 11-13, raster scan)
+    score        idw (IDW maps), score_norm, iad_metric, scoring (Eq. 11-13, raster scan)
     evaluate     metrics (AU-PRO, pixel and image AUROC), evaluation, features (Fig. 5)
     baselines    students (the TS / Uninformed Students baseline)
     experiments  chapters, reproduce, validation, one_class (Table 3), paper_dry, bench,

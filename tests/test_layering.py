@@ -23,12 +23,8 @@ STAGES = ["common", "data", "models", "train", "score", "evaluate", "baselines",
 TOP_LEVEL = {"glance_lite.cli", "glance_lite.__main__"}  # after every stage
 RANK = {s: i for i, s in enumerate(STAGES)} | {"<top>": len(STAGES)}
 
-KNOWN_UPWARD = {
-    # the joint Global-Net + DAD step with K > 1 holes per image (preset.global_holes) takes Z_g from the
-    # exact, differentiable incremental Global-Net of the scoring stage; kept as it is, listed here so
-    # that no other upward import can creep in (and so that this entry goes once it is gone)
-    ("glance_lite.train.training", "glance_lite.score.fast_features"),
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()
+"""Upward imports tolerated for now, as (importer, imported); none today."""
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:

@@ -19,7 +19,7 @@ The anomaly score of a patch is the regression error plus the predictive varianc
 with ``mean_e, std_e, mean_v, std_v`` taken over every raster-grid patch of held-out *training*
 images (never test images).  Patch scores are computed on the same raster grid as glance-lite
 (:func:`glance_lite.score.scoring.patch_grid`, stride ``preset.score_stride``) with the same exact
-fully-convolutional feature extraction (:func:`glance_lite.score.fast_features.local_features_at`, which falls
+fully-convolutional feature extraction (:func:`glance_lite.models.fast_features.local_features_at`, which falls
 back to :meth:`~glance_lite.models.local_net.LocalNet.dense`), and turned into a per-pixel map with the same
 inverse-distance-weighted interpolation (:func:`glance_lite.score.idw.idw_interpolate`), so that both
 methods differ only in how a patch is scored.
@@ -207,7 +207,7 @@ class StudentEnsemble(nn.Module):
 
     def raw_scores_at(self, teacher: LocalNet, images: Tensor, tops: Tensor, lefts: Tensor) -> tuple[Tensor, Tensor]:
         """Unnormalised ``(e, v)``, each ``(B, len(tops), len(lefts))``, of the grid patches."""
-        from ..score.fast_features import local_features_at
+        from ..models.fast_features import local_features_at
 
         with torch.no_grad():
             y = local_features_at(teacher, images, tops, lefts).permute(0, 2, 3, 1)  # B,gh,gw,n

@@ -21,7 +21,7 @@ same ``fit``; this module lets the training stages share the work of every step:
 *Deviation from the usual recipe:* we sum gradients ourselves instead of wrapping the networks in
 ``DistributedDataParallel``.  DDP synchronises through hooks armed by the wrapper's ``forward``; our
 joint stage calls the Global-Net's layers directly (the exact incremental Global-Net of
-:mod:`glance_lite.score.fast_features`), which DDP would not see.  The arithmetic is DDP's (an all-reduce
+:mod:`glance_lite.models.fast_features`), which DDP would not see.  The arithmetic is DDP's (an all-reduce
 of the gradients before the step); with no buckets and no overlap it is slower on many GPUs, which
 does not matter at these model sizes.
 

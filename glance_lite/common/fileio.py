@@ -19,6 +19,7 @@ from typing import Any, Callable
 __all__ = [
     "GlanceError",
     "DatasetError",
+    "ScoringError",
     "atomic_write",
     "short_hash",
     "atomic_write_bytes",
@@ -36,6 +37,12 @@ class GlanceError(Exception):
 
 class DatasetError(GlanceError):
     """A dataset on disk is missing, malformed or inconsistent; the message names the file."""
+
+
+class ScoringError(GlanceError, ValueError):
+    """Bad arguments to a scoring or dense-feature function (grid that does not fit, wrong score
+    shapes, ...).  Raised by :mod:`glance_lite.models.fast_features` and every module of the scoring
+    stage, so it lives here, below both."""
 
 
 def _umask() -> int:

@@ -101,7 +101,7 @@ class Preset:
     global_holes: int = 1
     """Holes per training image per joint step. 1: one masked copy per sample, as the paper describes.
     K > 1: each step takes ``batch_size`` images and K holes in each, computed with the exact
-    incremental Global-Net (:mod:`glance_lite.score.fast_features`), which costs one full pass per image
+    incremental Global-Net (:mod:`glance_lite.models.fast_features`), which costs one full pass per image
     plus a window per hole, so the Global-Net sees K times more holes per step for much less than K
     times the time. ours."""
 

@@ -20,8 +20,8 @@ the scores, so any lambda_s-combination (Eq. 13) of two head maps is the map of 
 Deviation: the paper names IDW but not its power or neighbourhood; power 2 over the 9 nearest
 centres (plus ties) is ours.
 
-:class:`ScoringError`, the error of every scoring function, is defined here, in the lowest module of
-the scoring stage, so that :mod:`glance_lite.score.fast_features` and :mod:`glance_lite.score.scoring` share it.
+:class:`ScoringError`, the error of every scoring function, is defined in :mod:`glance_lite.common.fileio`
+(so that :mod:`glance_lite.models.fast_features` can raise it too) and re-exported here.
 
 Defined in :doc:`/notebooks/04_score_maps`.
 """
@@ -34,13 +34,9 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from ..common.fileio import GlanceError
+from ..common.fileio import ScoringError
 
 __all__ = ["ScoringError", "idw_weights", "idw_interpolate", "clear_idw_cache"]
-
-
-class ScoringError(GlanceError, ValueError):
-    """Bad arguments to a scoring function (grid that does not fit, wrong score shapes, ...)."""
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ distance weighted (IDW) interpolation.
 border and every pixel is covered.  Adjacent patches overlap when the stride ``s < p``.
 
 **IDW and speed** live in their own modules, re-exported here: :mod:`glance_lite.score.idw`
-(:func:`idw_interpolate`: the per-pixel map from the patch scores) and :mod:`glance_lite.score.fast_features`
+(:func:`idw_interpolate`: the per-pixel map from the patch scores) and :mod:`glance_lite.models.fast_features`
 (:func:`local_features_at`, :func:`global_features_incremental`: Z_l and Z_g of every grid patch
 without a Python loop, used by :func:`score_patches`; :func:`anomaly_maps_loop` is the plain
 per-patch reference).  IDW is linear in the scores, so any lambda_s-combination of the two head maps
@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .fast_features import _pairs, global_features_batched, global_features_incremental, local_features_at
+from ..models.fast_features import _pairs, global_features_batched, global_features_incremental, local_features_at
 from ..models.heads import combined_score, dad_score, iad_score
 from ..common.devices import module_device
 from .iad_metric import IADWhitener, fit_iad_whitener, iad_scores, residual_scores

@@ -5,7 +5,7 @@
 * :mod:`.distil`   -- the long Local-Net distillation that ships with the package (``glance-lite
   pretrain``; chapter 01).
 
-One-way flow: common -> data -> models -> **train** -> score -> ...; imports from the stages before it.
-One known exception, listed in ``tests/test_layering.py``: with K > 1 holes per image the joint step
-takes Z_g from :func:`glance_lite.score.fast_features.global_features_incremental`.
+One-way flow: common -> data -> models -> **train** -> score -> ...; imports only from the stages
+before it (with K > 1 holes per image the joint step takes Z_g from the models stage's exact
+incremental Global-Net, :func:`glance_lite.models.fast_features.global_features_incremental`).
 """

@@ -38,7 +38,7 @@ from ..common.distributed import (DistContext, DistError, all_reduce_grads, all_
                                   gather_rows, on_main, shard, share_of_mean)
 from ..common.distributed import current as current_dist
 from ..common.fileio import GlanceError, atomic_write_json, load_torch, save_torch, short_hash
-from ..score.fast_features import global_features_incremental
+from ..models.fast_features import global_features_incremental
 from ..models.global_net import hole_mask
 from ..models.heads import dad_loss, iad_score
 from ..models.local_net import Decoder, LocalNet, compactness_loss
@@ -499,7 +499,7 @@ def train_global(
     ``preset.global_holes = K > 1``: each step draws ``batch_size`` images and K holes in each
     (``batch_size * K`` samples, the loss is their mean), and Z_g of the K holes of one image comes
     from the exact incremental Global-Net
-    (:func:`glance_lite.score.fast_features.global_features_incremental`, differentiable): one full pass
+    (:func:`glance_lite.models.fast_features.global_features_incremental`, differentiable): one full pass
     per image plus a small window per hole, instead of one full pass per hole.
     """
     p = model.preset

@@ -39,7 +39,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .idw import ScoringError
+from ..common.fileio import ScoringError
 
 __all__ = ["local_features_at", "global_features_incremental", "global_features_batched"]
 
@@ -149,7 +149,7 @@ def global_features_batched(
 
     One Global-Net forward per batch of masked copies (the image is broadcast against the masks).
     """
-    from ..models.global_net import hole_mask
+    from .global_net import hole_mask
 
     image = image if image.dim() == 4 else image[None]
     h, w = image.shape[-2:]
