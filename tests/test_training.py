@@ -163,3 +163,53 @@ def test_a_finished_joint_stage_is_not_recomputed(tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "grid_local_cache", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     h = train_global(_model(p), imgs, tmp_path, progress=False)
     assert len(h.records) == 3
+
+
+@pytest.mark.parametrize("negatives", ["stain", "stain+swap"])
+def test_dad_negatives_stained_or_swapped(tmp_path, monkeypatch, negatives):
+    # dad_negatives="stain+swap": about half the negatives (label 1) are the cached Local-Net feature
+    # of a normal patch from elsewhere, the other half stained patches; "stain" never swaps
+    import glance_lite.train.training as tr
+
+    p = get_preset("smoke").replace(global_steps=6, batch_size=16, checkpoint_every=100, dad_negatives=negatives)
+    m = _model(p)
+    imgs = _images(n=4)
+    cache = tr.grid_local_cache(m, imgs, progress=False)
+    feats = cache[0].permute(0, 2, 3, 1).reshape(-1, cache[0].shape[1]).float()
+    seen = []
+    real = tr.dad_loss
+
+    def spy(head, z_star, z_g, y, **kw):
+        seen.append((z_star.detach().clone(), y.clone()))
+        return real(head, z_star, z_g, y, **kw)
+
+    zl = []
+    real_iad = tr.iad_score
+    monkeypatch.setattr(tr, "dad_loss", spy)
+    monkeypatch.setattr(tr, "iad_score", lambda a, b: (zl.append(a.detach().clone()), real_iad(a, b))[1])
+    train_global(m, imgs, tmp_path / "run", progress=False, local_cache=cache)
+    z_l = torch.cat(zl)
+    z = torch.cat([s[0] for s in seen])
+    y = torch.cat([s[1] for s in seen]).bool()
+    is_cached = (torch.cdist(z, feats, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values < 1e-5)
+    assert is_cached[~y].all()                      # clean samples: this patch's own feature
+    swapped = (is_cached & y).float().mean() / y.float().mean()
+    if negatives == "stain":
+        assert swapped == 0
+    else:
+        assert 0.25 < swapped < 0.75, swapped        # about half of the negatives
+        assert (~is_cached & y).any()                # and the rest still stained
+        assert ((z - z_l).abs().amax(dim=1) > 0)[is_cached & y].all()   # never the patch itself
+
+
+def test_later_training_fields_keep_old_run_keys():
+    from glance_lite.common.presets import same_preset, training_fields
+
+    p = get_preset("cpu")
+    assert "dad_negatives" not in training_fields(p)
+    assert training_fields(p.replace(dad_negatives="stain+swap"))["dad_negatives"] == "stain+swap"
+    old = p.to_dict()
+    old.pop("dad_negatives")                         # a results file written before the field existed
+    assert same_preset(old, p) and not same_preset(old, p.replace(dad_negatives="stain+swap"))
+    with pytest.raises(ValueError, match="dad_negatives"):
+        p.replace(dad_negatives="swap")

@@ -27,7 +27,7 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Preset", "PRESETS", "EVALUATION_FIELDS", "training_fields", "get_preset", "parse_overrides",
+__all__ = ["Preset", "PRESETS", "EVALUATION_FIELDS", "LATER_FIELDS", "training_fields", "same_preset", "get_preset", "parse_overrides",
            "preset_name_from_env", "hardware_info"]
 
 
@@ -105,6 +105,13 @@ class Preset:
     plus a window per hole, so the Global-Net sees K times more holes per step for much less than K
     times the time. ours."""
 
+    dad_negatives: str = "stain"
+    """What the DAD head (Eq. 8-9) learns to call inconsistent: ``stain`` -- the patch with a random
+    stain, as in the paper (Sec. 3.2); ``stain+swap`` -- half of the negatives stained, half a *normal*
+    patch from another training image and another place, shown with this hole's Z_g: a patch that is
+    fine on its own but wrong here, the kind of anomaly (missing, extra or misplaced parts) the global
+    context exists for.  ours."""
+
     # --- scoring (Eq. 11-13) and maps ----------------------------------------------------------
     lambda_s: float = 0.8
     """Balance of s_IAD and s_DAD in Eq. 13. paper: 0.8."""
@@ -172,17 +179,35 @@ EVALUATION_FIELDS: tuple[str, ...] = ("lambda_s", "score_stride", "idw_power", "
 (``fit`` resumes, ``evaluate`` takes them from the preset it is given)."""
 
 
+LATER_FIELDS: dict[str, Any] = {"dad_negatives": "stain"}
+"""Training fields added after runs were first keyed, with the value every earlier run had: they are
+left out of :func:`training_fields` at that value, so that adding them renames no earlier run."""
+
+
+def same_preset(fields: Any, preset: "Preset") -> bool:
+    """Whether ``fields`` (the ``preset_fields`` of a results file) describe ``preset``; a file written
+    before a field of :data:`LATER_FIELDS` existed describes the preset with that field at its old value."""
+    if not isinstance(fields, dict):
+        return False
+    try:
+        return Preset.from_dict(fields) == preset
+    except (TypeError, ValueError):
+        return False
+
+
 def training_fields(preset: "Preset | dict[str, Any]") -> dict[str, Any]:
     """The preset's fields that determine the fitted weights (all but :data:`EVALUATION_FIELDS` and
-    the name), as a dict."""
+    the name), as a dict; a field of :data:`LATER_FIELDS` at its old value is left out."""
     d = preset.to_dict() if isinstance(preset, Preset) else dict(preset)
-    return {k: v for k, v in d.items() if k not in EVALUATION_FIELDS and k != "name"}
+    return {k: v for k, v in d.items() if k not in EVALUATION_FIELDS and k != "name"
+            and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "pretrained": ("shipped", "none"),
     "score_norm": ("none", "zscore", "position"),
     "iad_metric": ("euclidean", "mahalanobis"),
+    "dad_negatives": ("stain", "stain+swap"),
 }
 """The allowed values of the preset's string fields that are choices (checked on construction)."""
 

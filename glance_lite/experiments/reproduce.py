@@ -27,7 +27,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..common.fileio import GlanceError, atomic_write_json
-from ..common.presets import Preset, get_preset, hardware_info
+from ..common.presets import Preset, get_preset, hardware_info, same_preset
 
 __all__ = ["LAMBDAS", "ARCHIVE", "default_roots", "ablation_from_head_maps", "reproduce", "reproduce_parallel",
            "tasks", "select_shard", "parse_devices", "finished", "load_results", "load_validation",
@@ -144,7 +144,7 @@ def finished(dest: Path, preset: Preset, ts: bool) -> bool:
         d = json.loads(m.read_text())
     except ValueError:
         return False
-    return d.get("preset_fields") == preset.to_dict() and (not ts or d.get("AU-PRO") is None or bool(d.get("ts")))
+    return same_preset(d.get("preset_fields"), preset) and (not ts or d.get("AU-PRO") is None or bool(d.get("ts")))
 
 
 def reproduce(

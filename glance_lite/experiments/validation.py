@@ -71,7 +71,7 @@ import numpy as np
 from PIL import Image
 
 from ..common.fileio import DatasetError, GlanceError, atomic_write_json, default_mode, short_hash
-from ..common.presets import CHOICES, Preset, get_preset, hardware_info, training_fields
+from ..common.presets import CHOICES, Preset, get_preset, hardware_info, same_preset, training_fields
 
 __all__ = [
     "HELDOUT_VERSION",
@@ -585,7 +585,7 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
     # the run folder depends on the training fields only: a variant that changes only how runs are
     # scored (e.g. score_norm) re-evaluates the same fits
     key = short_hash({"preset": training_fields(preset), "teacher": teacher, "data": _data_id(src, data_root)})
-    if old and old.get("status") == "ok" and old.get("key") == key and old.get("preset_fields") == preset.to_dict() and (not ts or old.get("ts") is not None
+    if old and old.get("status") == "ok" and old.get("key") == key and same_preset(old.get("preset_fields"), preset) and (not ts or old.get("ts") is not None
                                                                         or old.get("AU-PRO") is None):
         if "lambda_sweep" not in old and Path(old.get("run", "")).joinpath("head_maps.npz").is_file():
             old = dict(old, lambda_sweep=lambda_sweep(Path(old["run"])))  # rows written before the sweep existed

@@ -538,6 +538,14 @@ def train_global(
             gj = torch.randint(gw, (B,), generator=g)
         tops, lefts = pos_y[gi], pos_x[gj]
         neg = torch.rand(B, generator=g) < 0.5
+        swap = torch.zeros(B, dtype=torch.bool)
+        if p.dad_negatives == "stain+swap":  # drawn after the paper's draws, which stay unchanged
+            swap = neg & (torch.rand(B, generator=g) < 0.5)
+            s_idx = torch.randint(N, (B,), generator=g)
+            s_gi = torch.randint(gh, (B,), generator=g)
+            s_gj = torch.randint(gw, (B,), generator=g)
+            near = ((pos_y[s_gi] - tops).abs() < P) & ((pos_x[s_gj] - lefts).abs() < P)
+            s_gi = torch.where(near, (s_gi + gh // 2) % gh, s_gi)  # away from the hole
         # this rank's samples: a share of the images (with their K holes each) of the global batch
         im = shard(p.batch_size, ctx)
         loc = torch.arange(im.start * K, im.stop * K)
@@ -545,13 +553,19 @@ def train_global(
             z_l = to_device(cache[idx[loc], :, gi[loc], gj[loc]], dev, torch.float32)
             z_star = z_l.clone()
             neg_loc = neg[loc]
-            if neg_loc.any():
+            stain = neg & ~swap
+            stain_loc = stain[loc]
+            if stain_loc.any():
                 # the stains of the whole global batch are drawn (on the CPU, device-free), so that
                 # every rank draws what one process would; each rank keeps its own
-                clean = crop_patches(train_images, idx[neg], tops[neg], lefts[neg], P)
+                clean = crop_patches(train_images, idx[stain], tops[stain], lefts[stain], P)
                 stained, _ = add_stain(clean, rng)
-                which = (torch.cumsum(neg.long(), 0) - 1)[loc][neg_loc]
-                z_star[neg_loc.to(dev)] = model.local_net(to_device(stained[which], dev)).to(z_star.dtype)
+                which = (torch.cumsum(stain.long(), 0) - 1)[loc][stain_loc]
+                z_star[stain_loc.to(dev)] = model.local_net(to_device(stained[which], dev)).to(z_star.dtype)
+            swap_loc = swap[loc]
+            if swap_loc.any():  # a normal patch from elsewhere: its cached Local-Net feature
+                sl = loc[swap_loc]
+                z_star[swap_loc.to(dev)] = to_device(cache[s_idx[sl], :, s_gi[sl], s_gj[sl]], dev, z_star.dtype)
         if K == 1:
             z_g = model.global_net(to_device(train_images[idx[loc]], dev),
                                    hole_mask((H, W), tops[loc], lefts[loc], P, device=dev))
