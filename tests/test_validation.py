@@ -223,3 +223,31 @@ def test_table_markdown_handles_missing_and_failed():
     assert len(t) == 5 and all(ln.startswith("|") and ln.endswith("|") for ln in t)
     assert "+0.100" in t[2] and "failed" in t[3] and "**mean** (1 sources)" in t[4]
     assert len({ln.count("|") for ln in t}) == 1
+
+
+def test_a_variant_without_ts_borrows_it_only_from_the_same_local_net():
+    from glance_lite.common.presets import get_preset
+    from glance_lite.experiments.validation import borrow_ts
+
+    base = get_preset("cpu")
+
+    def res(preset, rows):
+        return {"preset_fields": preset.to_dict(), "ts": any(r.get("ts_AU-PRO") is not None for r in rows),
+                "rows": [dict(r, status="ok") for r in rows]}
+
+    val = {
+        "cpu": res(base, [{"source": "a", "AU-PRO": 0.80, "ts_AU-PRO": 0.70}, {"source": "b", "AU-PRO": 0.6, "ts_AU-PRO": 0.9}]),
+        # joint stage only: same Local-Net, borrows TS source by source
+        "longer": res(base.replace(global_steps=3000, dad_negatives="stain+swap"),
+                      [{"source": "a", "AU-PRO": 0.85}, {"source": "b", "AU-PRO": 0.7}]),
+        # another Local-Net (fine-tuned longer): must not borrow
+        "finetune": res(base.replace(finetune_steps=800), [{"source": "a", "AU-PRO": 0.9}]),
+    }
+    out = borrow_ts(val)
+    rows = out["longer"]["rows"]
+    assert [r["ts_AU-PRO"] for r in rows] == [0.70, 0.9] and {r["ts_from"] for r in rows} == {"cpu"}
+    assert abs(rows[0]["glance_minus_ts_AU-PRO"] - 0.15) < 1e-9 and abs(rows[1]["glance_minus_ts_AU-PRO"] + 0.2) < 1e-9
+    assert abs(out["longer"]["mean"]["ts_AU-PRO"] - 0.8) < 1e-9
+    assert out["finetune"]["rows"][0].get("ts_AU-PRO") is None and "ts_from" not in out["finetune"]["rows"][0]
+    assert val["longer"]["rows"][0].get("ts_AU-PRO") is None      # the input is left as it was
+    assert out["cpu"]["rows"] == val["cpu"]["rows"]                 # rows with TS keep theirs

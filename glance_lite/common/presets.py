@@ -27,7 +27,7 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Preset", "PRESETS", "EVALUATION_FIELDS", "LATER_FIELDS", "training_fields", "same_preset", "get_preset", "parse_overrides",
+__all__ = ["Preset", "PRESETS", "EVALUATION_FIELDS", "LATER_FIELDS", "JOINT_STAGE_FIELDS", "training_fields", "same_preset", "same_local_net", "get_preset", "parse_overrides",
            "preset_name_from_env", "hardware_info"]
 
 
@@ -182,6 +182,20 @@ EVALUATION_FIELDS: tuple[str, ...] = ("lambda_s", "score_stride", "idw_power", "
 LATER_FIELDS: dict[str, Any] = {"dad_negatives": "stain"}
 """Training fields added after runs were first keyed, with the value every earlier run had: they are
 left out of :func:`training_fields` at that value, so that adding them renames no earlier run."""
+
+
+JOINT_STAGE_FIELDS: tuple[str, ...] = ("global_channels", "global_strides", "dad_hidden", "lambda_t", "global_steps",
+                                       "global_holes", "dad_negatives")
+"""Training fields that only change the joint Global-Net + DAD stage (Eq. 10), never the Local-Net: two
+presets that differ only in these (and in :data:`EVALUATION_FIELDS`) share the Local-Net, and so the
+TS baseline, which is trained on the Local-Net alone."""
+
+
+def same_local_net(a: "Preset | dict[str, Any]", b: "Preset | dict[str, Any]") -> bool:
+    """Whether two presets (or their ``preset_fields``) fit the same Local-Net (and TS baseline)."""
+    fa, fb = (training_fields(Preset.from_dict(x) if isinstance(x, dict) else x) for x in (a, b))
+    return ({k: v for k, v in fa.items() if k not in JOINT_STAGE_FIELDS}
+            == {k: v for k, v in fb.items() if k not in JOINT_STAGE_FIELDS})
 
 
 def same_preset(fields: Any, preset: "Preset") -> bool:

@@ -71,7 +71,7 @@ import numpy as np
 from PIL import Image
 
 from ..common.fileio import DatasetError, GlanceError, atomic_write_json, default_mode, short_hash
-from ..common.presets import CHOICES, Preset, get_preset, hardware_info, same_preset, training_fields
+from ..common.presets import CHOICES, Preset, get_preset, hardware_info, same_local_net, same_preset, training_fields
 
 __all__ = [
     "HELDOUT_VERSION",
@@ -81,6 +81,7 @@ __all__ = [
     "TRIES",
     "Source",
     "parse_source",
+    "borrow_ts",
     "default_sources",
     "heldout_split",
     "synthetic_defect",
@@ -652,6 +653,34 @@ def mean_row(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     sweeps = [r["lambda_sweep"] for r in ok if r.get("lambda_sweep")]
     if sweeps and len(sweeps) == len(ok):
         out["lambda_sweep"] = {k: round(float(np.mean([s[k] for s in sweeps])), 6) for k in sweeps[0]}
+    return out
+
+
+def borrow_ts(val: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Validation results (``{variant: validation.json}``) where a variant validated without TS
+    (``glance-lite validate --no-ts``) takes, source by source, the TS result of a variant that fitted
+    the same Local-Net (:func:`glance_lite.common.presets.same_local_net`: they differ only in the joint
+    stage or in scoring).  TS is trained and scored on the Local-Net alone, so its numbers are those
+    that variant would have measured.  A borrowed row says where from (``ts_from``); the means are
+    recomputed.  The input is not changed."""
+    out = {}
+    for name, v in val.items():
+        rows = []
+        donors = [(n, d) for n, d in val.items() if n != name and d.get("ts")
+                  and same_local_net(d["preset_fields"], v["preset_fields"])]
+        for r in v.get("rows", []):
+            if r.get("ts_AU-PRO") is None and r.get("status") == "ok":
+                for n, d in donors:
+                    twin = next((t for t in d["rows"] if t.get("source") == r.get("source")
+                                 and t.get("ts_AU-PRO") is not None), None)
+                    if twin is not None:
+                        r = dict(r, ts=twin.get("ts"), ts_from=n, **{"ts_AU-PRO": twin["ts_AU-PRO"],
+                                 "ts_pixel_AUROC": twin.get("ts_pixel_AUROC")})
+                        r["glance_minus_ts_AU-PRO"] = _diff(r.get("AU-PRO"), r["ts_AU-PRO"])
+                        r["glance_minus_ts_pixel_AUROC"] = _diff(r.get("pixel_AUROC"), r["ts_pixel_AUROC"])
+                        break
+            rows.append(r)
+        out[name] = dict(v, rows=rows, mean=mean_row(rows))
     return out
 
 

@@ -190,6 +190,9 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
         m, f = v["mean"], v["preset_fields"]
         patch = (f["patch_size"] if not f.get("extra_patch_sizes") else
                  "+".join(str(x) for x in [f["patch_size"], *f["extra_patch_sizes"]]))
+        lent = sorted({r["ts_from"] for r in v["rows"] if r.get("ts_from")})
+        if lent:  # validated without TS: TS of the variant with the same Local-Net (validation.borrow_ts)
+            name = f"{name} (TS of {', '.join(lent)})"
         out.append({"variant": name, "Local-Net": f"{f.get('pretrained')} p{patch}",
                     "joint steps × holes": f"{f['global_steps']} × {f.get('global_holes', 1)}",
                     "IAD, λ_s": f"{'whitened' if f.get('iad_metric') == 'mahalanobis' else 'Eq. 11'}, {f.get('lambda_s'):g}",
