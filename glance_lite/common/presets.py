@@ -101,9 +101,12 @@ class Preset:
     global_holes: int = 1
     """Holes per training image per joint step. 1: one masked copy per sample, as the paper describes.
     K > 1: each step takes ``batch_size`` images and K holes in each, computed with the exact
-    incremental Global-Net (:mod:`glance_lite.models.fast_features`), which costs one full pass per image
-    plus a window per hole, so the Global-Net sees K times more holes per step for much less than K
-    times the time. ours."""
+    incremental Global-Net (:mod:`glance_lite.models.fast_features`): one full pass per image plus a
+    window per hole, forward *and backward*.  In scoring (no gradients) that makes hundreds of holes
+    cheap; in training on a CPU it does not: ``python -m glance_lite.experiments.bench_resolution
+    --holes 1,4`` measured 5.1x the time per step at K = 4 (1.28x per hole) for the ``cpu`` preset on
+    2 cores, so K = 4 x 1000 steps would take the joint stage from about 3 to about 17 minutes, over
+    the ``cpu`` budget; a longer stage (``global_steps``) buys more holes for less. ours."""
 
     dad_negatives: str = "stain"
     """What the DAD head (Eq. 8-9) learns to call inconsistent: ``stain`` -- the patch with a random
