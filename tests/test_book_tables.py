@@ -54,14 +54,25 @@ def test_provenance_has_no_absolute_paths(tmp_path):
 
 
 def test_validation_tables_match_the_files():
-    val = load_validation()
+    from glance_lite.common.presets import same_local_net
+    from glance_lite.experiments.validation import borrow_ts
+
+    val = borrow_ts(load_validation())
     if not val:
         pytest.skip("no validation files")
     lev = book_tables.validation_levers(val)
     for name, v in val.items():
-        assert lev.loc[name, "AU-PRO"] == v["mean"]["AU-PRO"]
-        assert lev.loc[name, "TS AU-PRO"] == v["mean"]["ts_AU-PRO"]
+        lent = sorted({r["ts_from"] for r in v["rows"] if r.get("ts_from")})
+        label = f"{name} (TS of {', '.join(lent)})" if lent else name
+        assert lev.loc[label, "AU-PRO"] == v["mean"]["AU-PRO"]
+        if v["mean"]["ts_AU-PRO"] is not None:
+            assert lev.loc[label, "TS AU-PRO"] == v["mean"]["ts_AU-PRO"]
     src = book_tables.validation_sources(val)
     for name, v in val.items():
         for r in v["rows"]:
             assert src.loc[r["source"], (name, "glance")] == r["AU-PRO"]
+    # TS is shown once per Local-Net: never for a variant that borrowed it
+    ts_cols = [n for n, kind in src.columns if kind == "TS"]
+    assert all(not any(r.get("ts_from") for r in val[n]["rows"]) for n in ts_cols)
+    assert not any(same_local_net(val[a]["preset_fields"], val[b]["preset_fields"])
+                   for i, a in enumerate(ts_cols) for b in ts_cols[i + 1:])

@@ -194,7 +194,8 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
         if lent:  # validated without TS: TS of the variant with the same Local-Net (validation.borrow_ts)
             name = f"{name} (TS of {', '.join(lent)})"
         out.append({"variant": name, "Local-Net": f"{f.get('pretrained')} p{patch}",
-                    "joint steps × holes": f"{f['global_steps']} × {f.get('global_holes', 1)}",
+                    "joint steps × holes, DAD negatives": f"{f['global_steps']} × {f.get('global_holes', 1)}, "
+                                                          f"{f.get('dad_negatives', 'stain')}",
                     "IAD, λ_s": f"{'whitened' if f.get('iad_metric') == 'mahalanobis' else 'Eq. 11'}, {f.get('lambda_s'):g}",
                     "sources": m["n_sources"],
                     "AU-PRO": m["AU-PRO"], "TS AU-PRO": m["ts_AU-PRO"], "glance − TS": m["glance_minus_ts_AU-PRO"],
@@ -205,15 +206,27 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
 
 
 def validation_sources(val: dict[str, dict[str, Any]], variants: Sequence[str] | None = None) -> Any:
-    """AU-PRO per validation source (rows) and variant (columns), TS beside each."""
+    """AU-PRO per validation source (rows) and variant (columns).  A variant's TS column is shown only
+    when no variant shown before it fitted the same Local-Net (TS depends on the Local-Net alone,
+    :func:`glance_lite.common.presets.same_local_net`) and its TS was not borrowed
+    (:func:`glance_lite.experiments.validation.borrow_ts`)."""
+    from ..common.presets import same_local_net
+
     pd = _pd()
     names = list(variants) if variants else [k for k, _ in sorted(val.items(), key=lambda kv: kv[1]["date"])]
     table: dict[str, dict[str, Any]] = {}
+    shown_ts: list[str] = []
     for name in names:
+        borrowed = any(r.get("ts_from") for r in val[name]["rows"])
+        twin = any(same_local_net(val[o]["preset_fields"], val[name]["preset_fields"]) for o in shown_ts)
+        with_ts = not borrowed and not twin and any(r.get("ts_AU-PRO") is not None for r in val[name]["rows"])
+        if with_ts:
+            shown_ts.append(name)
         for r in val[name]["rows"]:
             d = table.setdefault(r["source"], {})
             d[(name, "glance")] = r.get("AU-PRO")
-            d[(name, "TS")] = r.get("ts_AU-PRO")
+            if with_ts:
+                d[(name, "TS")] = r.get("ts_AU-PRO")
     df = pd.DataFrame.from_dict(table, orient="index")
     if len(df):
         df.columns = pd.MultiIndex.from_tuples(df.columns)
