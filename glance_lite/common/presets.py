@@ -105,8 +105,9 @@ class Preset:
     window per hole, forward *and backward*.  In scoring (no gradients) that makes hundreds of holes
     cheap; in training on a CPU it does not: ``python -m glance_lite.experiments.bench_resolution
     --holes 1,4`` measured 5.1x the time per step at K = 4 (1.28x per hole) for the ``cpu`` preset on
-    2 cores, so K = 4 x 1000 steps would take the joint stage from about 3 to about 17 minutes, over
-    the ``cpu`` budget; a longer stage (``global_steps``) buys more holes for less. ours."""
+    2 cores, so K = 4 x 1000 steps would take the ``cpu`` joint stage to about 17 minutes, against about
+    10 for the 3,000 single-hole steps it runs (three quarters as many holes), over the budget; a longer
+    stage (``global_steps``) buys more holes for less. ours."""
 
     dad_negatives: str = "stain"
     """What the DAD head (Eq. 8-9) learns to call inconsistent: ``stain`` -- the patch with a random
