@@ -82,6 +82,7 @@ __all__ = [
     "Source",
     "parse_source",
     "borrow_ts",
+    "ts_lenders",
     "default_sources",
     "heldout_split",
     "synthetic_defect",
@@ -564,6 +565,12 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(float(a) - float(b), 6)
 
 
+def _set_glance_minus_ts(row: dict[str, Any]) -> None:
+    """A row's glance - TS columns, from its glance and TS AU-PRO and pixel AUROC."""
+    row["glance_minus_ts_AU-PRO"] = _diff(row.get("AU-PRO"), row.get("ts_AU-PRO"))
+    row["glance_minus_ts_pixel_AUROC"] = _diff(row.get("pixel_AUROC"), row.get("ts_pixel_AUROC"))
+
+
 def _data_id(src: Source, data_root: Path) -> str:
     if src.mode == "heldout":
         return short_hash(_read_json(data_root / src.category / "manifest.json"))
@@ -622,8 +629,7 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
             row[f"ts_AU-PRO_{k}"] = v.get("AU-PRO")
     tsr = row["ts"] or {}
     row["ts_AU-PRO"], row["ts_pixel_AUROC"] = tsr.get("AU-PRO"), tsr.get("pixel_AUROC")
-    row["glance_minus_ts_AU-PRO"] = _diff(row["AU-PRO"], row["ts_AU-PRO"])
-    row["glance_minus_ts_pixel_AUROC"] = _diff(row["pixel_AUROC"], row["ts_pixel_AUROC"])
+    _set_glance_minus_ts(row)
     row["seconds"] = round(time.perf_counter() - t0, 1)
     row["seconds_detail"] = {"fit": round(t_fit, 1), "evaluate": round(t_eval, 1), "ts": round(t_ts, 1)}
     row["status"] = "ok"
@@ -676,12 +682,16 @@ def borrow_ts(val: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     if twin is not None:
                         r = dict(r, ts=twin.get("ts"), ts_from=n, **{"ts_AU-PRO": twin["ts_AU-PRO"],
                                  "ts_pixel_AUROC": twin.get("ts_pixel_AUROC")})
-                        r["glance_minus_ts_AU-PRO"] = _diff(r.get("AU-PRO"), r["ts_AU-PRO"])
-                        r["glance_minus_ts_pixel_AUROC"] = _diff(r.get("pixel_AUROC"), r["ts_pixel_AUROC"])
+                        _set_glance_minus_ts(r)
                         break
             rows.append(r)
         out[name] = dict(v, rows=rows, mean=mean_row(rows))
     return out
+
+
+def ts_lenders(result: dict[str, Any]) -> list[str]:
+    """The variants a validation result borrowed TS from (:func:`borrow_ts`), sorted; empty when none."""
+    return sorted({r["ts_from"] for r in result.get("rows", []) if r.get("ts_from")})
 
 
 def validation_table_markdown(rows: Sequence[dict[str, Any]], mean: bool = True) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 from .paper_tables import (MVTEC_CATEGORIES, TABLE1_PRO, TABLE2_PIXEL_AUROC, TABLE4_LAMBDA_PRO,
                            TEXTURES, category_key)
 from ..experiments.reproduce import load_patchcore
+from ..experiments.validation import ts_lenders
 
 __all__ = ["tables_1_and_2", "missing_note", "bar_rows", "offline_table", "table_4", "provenance_html",
            "validation_levers", "validation_sources", "validation_lambda", "STYLE"]
@@ -190,7 +191,7 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
         m, f = v["mean"], v["preset_fields"]
         patch = (f["patch_size"] if not f.get("extra_patch_sizes") else
                  "+".join(str(x) for x in [f["patch_size"], *f["extra_patch_sizes"]]))
-        lent = sorted({r["ts_from"] for r in v["rows"] if r.get("ts_from")})
+        lent = ts_lenders(v)
         if lent:  # validated without TS: TS of the variant with the same Local-Net (validation.borrow_ts)
             name = f"{name} (TS of {', '.join(lent)})"
         out.append({"variant": name, "Local-Net": f"{f.get('pretrained')} p{patch}",
@@ -217,7 +218,7 @@ def validation_sources(val: dict[str, dict[str, Any]], variants: Sequence[str] |
     table: dict[str, dict[str, Any]] = {}
     shown_ts: list[str] = []
     for name in names:
-        borrowed = any(r.get("ts_from") for r in val[name]["rows"])
+        borrowed = bool(ts_lenders(val[name]))
         twin = any(same_local_net(val[o]["preset_fields"], val[name]["preset_fields"]) for o in shown_ts)
         with_ts = not borrowed and not twin and any(r.get("ts_AU-PRO") is not None for r in val[name]["rows"])
         if with_ts:
