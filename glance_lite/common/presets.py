@@ -3,7 +3,8 @@
 Three presets exist:
 
 * ``smoke``  -- seconds; used by the unit tests, nbval and CI.
-* ``cpu``    -- one real category in about 20 minutes on a 2-core laptop.
+* ``cpu``    -- one real category within 20 minutes on a 2-core laptop (bottle, every stage, timed
+  alone: 9.4 minutes; :doc:`/book/running`).
 * ``paper``  -- the paper's settings (256x256 images, 33x33 patches, batch 64, Adam), for a GPU.
 
 When ``GLANCE_PRESET`` is unset, :func:`get_preset` picks ``paper`` if CUDA is available and
@@ -246,7 +247,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 #: ``global_steps=3_000`` (three times the joint stage the preset had before) was chosen on the same
 #: protocol, with everything else as above: AU-PRO rose on all five sources (mean 0.900 -> 0.909; offline
 #: mesh 0.775 -> 0.785, held-out screw 0.920 -> 0.941) and lambda_s = 0.8 stayed best.  It adds about
-#: 6.5 minutes per category on 2 cores, inside the budget (``glance-lite validate ... --set
+#: 4 minutes per category on an idle 2-core machine, inside the budget (``glance-lite validate ... --set
 #: global_steps=3000``; chapter 08).  Two other joint-stage levers were not taken: ``dad_negatives =
 #: "stain+swap"`` (mean 0.895) and ``global_holes = 4`` (over the budget, see that field).
 #: Its patch size stays 33: 17-pixel patches (a shipped Local-Net exists for them) were better on
