@@ -29,7 +29,7 @@ import numpy as np
 from ..common.fileio import GlanceError, atomic_write_json
 from ..common.presets import Preset, get_preset, hardware_info, same_preset
 
-__all__ = ["LAMBDAS", "ARCHIVE", "default_roots", "ablation_from_head_maps", "reproduce", "reproduce_parallel",
+__all__ = ["LAMBDAS", "ARCHIVE", "default_roots", "ablation_from_head_maps", "pro_by_lambda", "reproduce", "reproduce_parallel",
            "tasks", "select_shard", "parse_devices", "finished", "load_results", "load_validation",
            "load_patchcore"]
 
@@ -63,6 +63,12 @@ def ablation_from_head_maps(run_dir: str | Path, lambdas: Iterable[float] = LAMB
         maps = lam * d["iad"] + (1 - lam) * d["dad"]
         rows.append({"lambda_s": round(float(lam), 2), "AU-PRO": au_pro(maps, masks), "pixel_AUROC": pixel_auroc(maps, masks)})
     return {"rows": rows}
+
+
+def pro_by_lambda(ablation: dict[str, Any]) -> dict[str, float]:
+    """AU-PRO per lambda_s of an ablation (:func:`ablation_from_head_maps`), keyed ``"0.5"`` etc.: one
+    row of Table 4, and the ``lambda_sweep`` of a validation row."""
+    return {f"{r['lambda_s']:.1f}": r["AU-PRO"] for r in ablation["rows"]}
 
 
 def save_fig5_features(run: Path, data_root: Path, category: str, dest: Path, n_patches: int = 800) -> Path | None:

@@ -644,9 +644,9 @@ def lambda_sweep(run: Path) -> dict[str, float]:
     """AU-PRO of the run's headline head maps mixed with each lambda_s of :data:`SWEEP_LAMBDAS`
     (``{"0.5": ...}``); lambda_s only changes how a run is scored, so it is chosen here, on the
     validation protocol, like the score normalisation."""
-    from .reproduce import ablation_from_head_maps
+    from .reproduce import ablation_from_head_maps, pro_by_lambda
 
-    return {f"{r['lambda_s']:.1f}": r["AU-PRO"] for r in ablation_from_head_maps(run, SWEEP_LAMBDAS)["rows"]}
+    return pro_by_lambda(ablation_from_head_maps(run, SWEEP_LAMBDAS))
 
 
 def mean_row(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .paper_tables import (MVTEC_CATEGORIES, TABLE1_PRO, TABLE2_PIXEL_AUROC, TABLE4_LAMBDA_PRO,
                            TEXTURES, category_key)
-from ..experiments.reproduce import load_patchcore
+from ..experiments.reproduce import load_patchcore, pro_by_lambda
 from ..experiments.validation import ts_lenders
 
 __all__ = ["tables_1_and_2", "missing_note", "bar_rows", "offline_table", "table_4", "provenance_html",
@@ -144,14 +144,10 @@ def table_4(rows: Sequence[dict[str, Any]]) -> Any:
             continue
         pv = TABLE4_LAMBDA_PRO[_paper_name(cat)]
         out.append(_sweep_row(cat, "paper", {k: float(v) for k, v in pv.items()}))
-        out += [_sweep_row(cat, f"ours ({r['preset']})", _lam(r)) for r in ours]
-    out += [_sweep_row(f"offline/{r['category']}", f"ours ({r['preset']})", _lam(r))
+        out += [_sweep_row(cat, f"ours ({r['preset']})", pro_by_lambda(r["ablation"])) for r in ours]
+    out += [_sweep_row(f"offline/{r['category']}", f"ours ({r['preset']})", pro_by_lambda(r["ablation"]))
             for r in rows if r.get("dataset") == "offline" and "ablation" in r]
     return pd.DataFrame(out).set_index(["category", "source"]) if out else pd.DataFrame(out)
-
-
-def _lam(r: dict[str, Any]) -> dict[str, float]:
-    return {f"{x['lambda_s']:.1f}": x["AU-PRO"] for x in r["ablation"]["rows"]}
 
 
 def _sweep_row(category: str, source: str, by_lambda: dict[str, float]) -> dict[str, Any]:
