@@ -67,6 +67,8 @@ def test_validation_tables_match_the_files():
         assert lev.loc[label, "AU-PRO"] == v["mean"]["AU-PRO"]
         if v["mean"]["ts_AU-PRO"] is not None:
             assert lev.loc[label, "TS AU-PRO"] == v["mean"]["ts_AU-PRO"]
+        # what the variant changes is named, image size included (a variant may change only that)
+        assert lev.loc[label, "image, Local-Net"].startswith(f"{v['preset_fields']['image_size']} px, ")
     src = book_tables.validation_sources(val)
     for name, v in val.items():
         for r in v["rows"]:

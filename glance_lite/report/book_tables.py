@@ -190,7 +190,7 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
         lent = ts_lenders(v)
         if lent:  # validated without TS: TS of the variant with the same Local-Net (validation.borrow_ts)
             name = f"{name} (TS of {', '.join(lent)})"
-        out.append({"variant": name, "Local-Net": f"{f.get('pretrained')} p{patch}",
+        out.append({"variant": name, "image, Local-Net": f"{f['image_size']} px, {f.get('pretrained')} p{patch}",
                     "joint steps × holes, DAD negatives": f"{f['global_steps']} × {f.get('global_holes', 1)}, "
                                                           f"{f.get('dad_negatives', 'stain')}",
                     "IAD, λ_s": f"{'whitened' if f.get('iad_metric') == 'mahalanobis' else 'Eq. 11'}, {f.get('lambda_s'):g}",
