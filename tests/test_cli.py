@@ -149,6 +149,31 @@ def test_readme_commands_parse():
         build_parser().parse_args(shlex.split(ln)[1:])
 
 
+def test_scoring_statistics_follow_the_grid_stride(tmp_path, monkeypatch):
+    # the position normaliser has one mean per grid position: statistics fitted at one stride must be
+    # refitted, not reused (which raised a ScoringError), when the run is scored at another
+    from glance_lite.common.presets import get_preset
+    from glance_lite.evaluate.evaluation import evaluate_run
+
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
+    root = _tiny_dataset(tmp_path / "ds", n_train=7)
+    run = tmp_path / "run"
+    p = get_preset("smoke").replace(name="smoke-pos", score_norm="position", iad_metric="mahalanobis")
+    assert main(["fit", "--data", str(root), "--category", "widget", "--out", str(run), "--preset", "smoke",
+                 "--set", "score_norm=position", "--set", "iad_metric=mahalanobis", "--name", "smoke-pos",
+                 "--quiet"]) == 0
+    stats_file = run / "score_stats-mahalanobis.json"
+    a = evaluate_run(run, root, "widget", progress=False, overlays=0, preset=p)
+    assert json.loads(stats_file.read_text())["stride"] == p.score_stride
+    b = evaluate_run(run, root, "widget", progress=False, overlays=0, preset=p.replace(score_stride=4))
+    assert json.loads(stats_file.read_text())["stride"] == 4
+    assert b["preset_fields"]["score_stride"] == 4
+    # and back: the first stride's statistics are fitted again, and score exactly as before
+    c = evaluate_run(run, root, "widget", progress=False, overlays=0, preset=p)
+    assert json.loads(stats_file.read_text())["stride"] == p.score_stride
+    assert c["AU-PRO"] == a["AU-PRO"] and c["normalisations"] == a["normalisations"]
+
+
 def test_evaluation_reports_every_normalisation_fitted_on_training_images(tmp_path, capsys, monkeypatch):
     import glance_lite.score.scoring as scoring
 

@@ -227,8 +227,9 @@ def score_stats(run_dir: str | Path, model: GlanceModel, category: Any = None, p
 
     Read from ``RUN/score_stats.json`` (Euclidean) or ``RUN/score_stats-mahalanobis.json`` +
     ``RUN/iad_whitener.pt``, or fitted and written (atomically, whitener first) on first use
-    (``evaluate`` or ``predict``), from the category's training images, found through ``category`` or
-    the run's ``config.json``; never from test images.
+    (``evaluate`` or ``predict``), and again when the preset's ``score_stride`` is not the one they
+    were fitted at (the ``position`` normaliser has one mean per grid position); from the category's
+    training images, found through ``category`` or the run's ``config.json``; never from test images.
     """
     from ..score.iad_metric import load_whitener, save_whitener
     from ..score.scoring import fit_score_normaliser, fit_whitened_normaliser
@@ -236,8 +237,9 @@ def score_stats(run_dir: str | Path, model: GlanceModel, category: Any = None, p
     whiten = model.preset.iad_metric == "mahalanobis"
     path = Path(run_dir) / (WHITENED_STATS if whiten else SCORE_STATS)
     wpath = Path(run_dir) / IAD_WHITENER
-    if path.is_file() and (not whiten or wpath.is_file()):
-        stats = json.loads(path.read_text())
+    stride = model.preset.score_stride
+    stats = json.loads(path.read_text()) if path.is_file() and (not whiten or wpath.is_file()) else None
+    if stats is not None and stats.get("stride", stride) == stride:  # at another stride: refitted below
         if whiten:
             try:
                 stats["iad_whitener"] = load_whitener(wpath)
