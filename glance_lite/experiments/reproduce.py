@@ -29,7 +29,7 @@ import numpy as np
 from ..common.fileio import GlanceError, atomic_write_json
 from ..common.presets import Preset, get_preset, hardware_info, same_preset
 
-__all__ = ["LAMBDAS", "ARCHIVE", "default_roots", "ablation_from_head_maps", "pro_by_lambda", "reproduce", "reproduce_parallel",
+__all__ = ["LAMBDAS", "ARCHIVE", "default_roots", "ablation_from_head_maps", "fit_evaluate_ts", "pro_by_lambda", "reproduce", "reproduce_parallel",
            "tasks", "select_shard", "parse_devices", "finished", "load_results", "load_validation",
            "load_patchcore"]
 
@@ -63,6 +63,31 @@ def ablation_from_head_maps(run_dir: str | Path, lambdas: Iterable[float] = LAMB
         maps = lam * d["iad"] + (1 - lam) * d["dad"]
         rows.append({"lambda_s": round(float(lam), 2), "AU-PRO": au_pro(maps, masks), "pixel_AUROC": pixel_auroc(maps, masks)})
     return {"rows": rows}
+
+
+def fit_evaluate_ts(root: str | Path, category: str, run: str | Path, preset: Preset, teacher: str = "auto",
+                    ts: bool = True, progress: bool = True, device: str | None = None,
+                    overlays: int | None = 0) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, float]]:
+    """What every reproduced (:func:`reproduce`) or validated (:func:`glance_lite.experiments.validation.validate`)
+    category runs on one run folder: ``fit`` (which resumes, or returns at once when finished),
+    ``evaluate_run`` with the preset's evaluation fields, and, when ``ts`` and the evaluation scored
+    something, the TS baseline on the same run (same Local-Net).
+
+    Returns ``(metrics, ts_metrics or None, {"fit", "evaluate", "ts"} wall seconds)``."""
+    from ..evaluate.evaluation import evaluate_run
+    from ..train.training import fit
+
+    t0 = time.perf_counter()
+    fit(root, category, run, preset, teacher=teacher, progress=progress, device=device)
+    t1 = time.perf_counter()
+    metrics = evaluate_run(run, root, category, progress=progress, overlays=overlays, preset=preset, device=device)
+    t2 = time.perf_counter()
+    tsm = None
+    if ts and metrics.get("AU-PRO") is not None:
+        from ..baselines.students import run_ts_baseline
+
+        tsm = run_ts_baseline(run, root, category, progress=progress, device=device)
+    return metrics, tsm, {"fit": t1 - t0, "evaluate": t2 - t1, "ts": time.perf_counter() - t2}
 
 
 def pro_by_lambda(ablation: dict[str, Any]) -> dict[str, float]:
@@ -173,9 +198,7 @@ def reproduce(
     ``redo=False`` a category whose results folder is complete for this preset (:func:`finished`) is
     skipped; its fit resumes in any case.
     """
-    from ..evaluate.evaluation import evaluate_run
     from ..common.paths import runs_dir
-    from ..train.training import fit
 
     p = preset or get_preset()
     runs_root = Path(runs) if runs else runs_dir()
@@ -188,29 +211,21 @@ def reproduce(
             rows.append(json.loads((dest / "metrics.json").read_text()))
             continue
         run = runs_root / f"{p.name}-{ds_name}-{cat}"
-        t0 = time.perf_counter()
-        fit(root, cat, run, p, teacher=teacher, progress=progress, device=device)
-        t_fit = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        metrics = evaluate_run(run, root, cat, progress=progress, overlays=2, preset=p, device=device)
-        t_eval = time.perf_counter() - t1
+        metrics, tsm, secs = fit_evaluate_ts(root, cat, run, p, teacher=teacher, ts=ts, progress=progress,
+                                             device=device, overlays=2)
         dest.mkdir(parents=True, exist_ok=True)
         cfg = json.loads((run / "config.json").read_text())
         metrics.update(
             dataset=ds_name,
-            fit_wall_seconds_this_call=round(t_fit, 1),
-            evaluate_wall_seconds=round(t_eval, 1),
+            fit_wall_seconds_this_call=round(secs["fit"], 1),
+            evaluate_wall_seconds=round(secs["evaluate"], 1),
             fit_stage_seconds=cfg.get("stage_seconds"),
             written_by="glance-lite reproduce",
         )
         metrics.pop("data_root", None)
-        if ts and metrics.get("AU-PRO") is not None:
-            from ..baselines.students import run_ts_baseline
-
-            t2 = time.perf_counter()
-            tsm = run_ts_baseline(run, root, cat, progress=progress, device=device)
+        if tsm is not None:
             metrics["ts"] = {k: tsm.get(k) for k in ("image_AUROC", "pixel_AUROC", "AU-PRO", "seconds_per_image")}
-            metrics["ts"]["wall_seconds"] = round(time.perf_counter() - t2, 1)
+            metrics["ts"]["wall_seconds"] = round(secs["ts"], 1)
         atomic_write_json(dest / "metrics.json", metrics)
         if metrics.get("AU-PRO") is not None:
             abl = ablation_from_head_maps(run)

@@ -583,8 +583,7 @@ def _data_id(src: Source, data_root: Path) -> str:
 def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, progress: bool,
                 old: dict | None, device: str | None = None) -> tuple[dict[str, Any], bool]:
     """Fit, evaluate and (optionally) TS one source; returns (row, reused)."""
-    from ..evaluate.evaluation import evaluate_run
-    from ..train.training import fit
+    from .reproduce import fit_evaluate_ts
 
     row: dict[str, Any] = {"source": src.name, "root": str(src.root), "category": src.category,
                            "mode": src.mode, "status": "failed"}
@@ -600,11 +599,8 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
         return old, True
     run = out / "runs" / f"{src.name}-{key}"
     row.update(key=key, run=str(run), data_root=str(data_root), preset_fields=preset.to_dict())
-    fit(data_root, src.category, run, preset, teacher=teacher, progress=progress, device=device)
-    t_fit = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    m = evaluate_run(run, data_root, src.category, progress=progress, overlays=0, preset=preset, device=device)
-    t_eval = time.perf_counter() - t1
+    m, tsm, secs = fit_evaluate_ts(data_root, src.category, run, preset, teacher=teacher, ts=ts, progress=progress,
+                                   device=device, overlays=0)
     heads = m.get("heads", {})
     row.update({k: m.get(k) for k in ("AU-PRO", "pixel_AUROC", "image_AUROC", "n_test", "teacher",
                                        "seconds_per_image")})
@@ -617,13 +613,7 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
     for k, v in (m.get("scales") or {}).items():  # multi-scale runs: each patch size alone
         row[f"AU-PRO_{k}"] = v.get("AU-PRO")
     row["ts"] = None
-    t_ts = 0.0
-    if ts and m.get("AU-PRO") is not None:
-        from ..baselines.students import run_ts_baseline
-
-        t2 = time.perf_counter()
-        tsm = run_ts_baseline(run, data_root, src.category, progress=progress, device=device)
-        t_ts = time.perf_counter() - t2
+    if tsm is not None:
         row["ts"] = {k: tsm.get(k) for k in ("AU-PRO", "pixel_AUROC", "image_AUROC")}
         for k, v in (tsm.get("scales") or {}).items():
             row[f"ts_AU-PRO_{k}"] = v.get("AU-PRO")
@@ -631,7 +621,7 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
     row["ts_AU-PRO"], row["ts_pixel_AUROC"] = tsr.get("AU-PRO"), tsr.get("pixel_AUROC")
     _set_glance_minus_ts(row)
     row["seconds"] = round(time.perf_counter() - t0, 1)
-    row["seconds_detail"] = {"fit": round(t_fit, 1), "evaluate": round(t_eval, 1), "ts": round(t_ts, 1)}
+    row["seconds_detail"] = {k: round(v, 1) for k, v in secs.items()}
     row["status"] = "ok"
     return row, False
 
