@@ -253,6 +253,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 #: Its patch size stays 33: 17-pixel patches (a shipped Local-Net exists for them) were better on
 #: the offline ``mesh`` (0.732 against 0.591) but far worse on held-out ``screw`` (0.635 against 0.880),
 #: and multi-scale 17 + 33 costs twice a category (chapter 08).
+#: Its image size stays 128: 192 pixels fit the budget (about 14.5 minutes a category) and raised the
+#: mean AU-PRO to 0.918, but held-out ``screw`` lost 0.059 and on ``mesh`` glance-lite fell below TS
+#: (``cpu-i192``, chapter 08 and :doc:`/book/running`); 256 pixels would take about 26 minutes.
 PRESETS: dict[str, Preset] = {
     "paper": Preset(name="paper", mixed_precision=True),
     "cpu": Preset(
