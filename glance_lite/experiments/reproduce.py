@@ -29,9 +29,9 @@ import numpy as np
 from ..common.fileio import GlanceError, atomic_write_json
 from ..common.presets import Preset, get_preset, hardware_info, same_preset
 
-__all__ = ["LAMBDAS", "ARCHIVE", "default_roots", "ablation_from_head_maps", "fit_evaluate_ts", "pro_by_lambda", "reproduce", "reproduce_parallel",
-           "tasks", "select_shard", "parse_devices", "finished", "load_results", "load_validation",
-           "load_patchcore"]
+__all__ = ["LAMBDAS", "ARCHIVE", "default_roots", "ablation_from_head_maps", "fit_evaluate_ts", "pro_by_lambda",
+           "reproduce", "reproduce_parallel", "tasks", "select_shard", "parse_devices", "finished", "load_results",
+           "load_validation", "load_patchcore"]
 
 LAMBDAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 """The lambda_s values of the paper's Table 4."""
