@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--batch-size", type=int, default=64)
     pt.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, cosine decay to a tenth)")
     pt.add_argument("--eval-every", type=int, default=1000, help="steps between held-out evaluations")
+    pt.add_argument("--init", default=None,
+                    help="continue from earlier weights: 'shipped' or a weights file (default: random weights)")
     pt.add_argument("--ship", action="store_true", help="copy the result into glance_lite/weights/")
     _device_option(pt)
     pt.add_argument("--quiet", action="store_true")
@@ -247,7 +249,8 @@ def _run(args: argparse.Namespace) -> int:
             p = p.replace(patch_size=args.patch_size)
         print(describe(p), file=sys.stderr)
         prov = distil(p, args.out, st, teacher=args.teacher, corpus_folder=args.corpus, ship=args.ship,
-                      progress=not args.quiet, command="glance-lite " + " ".join(sys.argv[1:]), device=args.device)
+                      progress=not args.quiet, command="glance-lite " + " ".join(sys.argv[1:]), device=args.device,
+                      init=args.init)
         print(json.dumps({k: prov[k] for k in ("name", "steps", "heldout", "final", "size_bytes", "sha256")}))
         return 0
     if args.cmd == "fit":

@@ -116,3 +116,35 @@ def test_pretrain_cli_and_bad_settings(tmp_path: Path, capsys: pytest.CaptureFix
 
     assert main(["pretrain", "--preset", "smoke", "--out", str(tmp_path), "--steps", "0"]) == 1
     assert "must be positive" in capsys.readouterr().err
+
+
+def test_init_continues_from_earlier_weights(distilled: tuple[Path, dict], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    work, prov = distilled
+    first = work / f"{prov['name']}.pt"
+    seen: list[dict] = []
+    real_train = distil.__globals__["LocalTrainer"].train
+
+    def spy(self, *a, **k):  # the networks' weights when training starts
+        if not seen:
+            seen.append({k2: v.clone() for k2, v in self.local_net.state_dict().items()})
+        return real_train(self, *a, **k)
+
+    monkeypatch.setattr(distil.__globals__["LocalTrainer"], "train", spy)
+    more = distil(get_preset("smoke"), tmp_path / "more", TINY, progress=False, command="test", init=first)
+    raw = torch.load(first, weights_only=True)
+    assert all(torch.equal(seen[0][k], v.float()) for k, v in raw["local_net"].items())
+    assert more["init"]["sha256"] == prov["sha256"] and more["init"]["curve"] == prov["curve"]
+    assert more["total_steps"] == 2 * TINY["steps"] and more["settings"]["init"] == prov["sha256"]
+    assert more["sha256"] != prov["sha256"]
+    # without init the same settings start from random weights, so the first run is not "already distilled"
+    assert "init" not in prov["settings"] and prov["total_steps"] == TINY["steps"]
+
+
+def test_init_refuses_missing_or_incompatible_weights(distilled: tuple[Path, dict], tmp_path: Path) -> None:
+    work, prov = distilled
+    with pytest.raises(GlanceError, match="no such weights file"):
+        distil(get_preset("smoke"), tmp_path / "a", TINY, progress=False, init=tmp_path / "missing.pt")
+    with pytest.raises(GlanceError, match="distilled for"):
+        distil(get_preset("smoke", patch_size=33), tmp_path / "b", TINY, progress=False,
+               init=work / f"{prov['name']}.pt")

@@ -56,10 +56,12 @@ class DistilSettings(dict):
 
     def __init__(self, steps: int = 5_000, n_patches: int = 60_000, batch_size: int = 64, lr: float = 1e-3,
                  warmup: int = 500, heldout_every: int = 8, n_heldout: int = 2_000, eval_every: int = 1_000,
-                 chunk: int = 5_000, seed: int = 0) -> None:
+                 chunk: int = 5_000, seed: int = 0, init: str | None = None) -> None:
         super().__init__(steps=int(steps), n_patches=int(n_patches), batch_size=int(batch_size), lr=float(lr),
                          warmup=int(warmup), heldout_every=int(heldout_every), n_heldout=int(n_heldout),
                          eval_every=int(eval_every), chunk=int(chunk), seed=int(seed))
+        if init is not None:  # only then, so that older provenance files still compare equal
+            self["init"] = str(init)
         if min(self["steps"], self["n_patches"], self["batch_size"], self["eval_every"], self["chunk"]) < 1:
             raise GlanceError(f"distillation settings must be positive: {dict(self)}")
         if self["heldout_every"] < 2:
@@ -146,11 +148,19 @@ def distil(
     progress: bool = True,
     command: str | None = None,
     device: str | torch.device | None = None,
+    init: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the long distillation for ``preset``'s patch size, dimension and teacher; return the provenance.
 
     Resumable: re-running the same call picks up the cached teacher-feature chunks, the last
     checkpoint and the learning curve.  ``ship=True`` copies the result into the package.
+
+    ``init`` continues an earlier distillation instead of starting from random weights: ``"shipped"``
+    (the package's weights for these settings) or the path of a weights file that
+    :func:`glance_lite.models.shipped.load_shipped` accepts (checksum verified).  Its Local-Net, decoder
+    and teacher statistics are the starting point; the learning-rate schedule starts again (a warm
+    restart), and the provenance records the earlier run (``init``: name, SHA-256, steps, curve) and
+    the steps of both (``total_steps``).
     """
     from ..data.corpus import bundled_photo_names, natural_images
     from ..models.teachers import load_teacher
@@ -166,6 +176,9 @@ def distil(
     name = weights_name(preset.patch_size, preset.descriptor_dim, tch.name, preset.teacher_input_size)
     run_preset = preset.replace(batch_size=st["batch_size"], lr=st["lr"], seed=st["seed"],
                                 checkpoint_every=min(preset.checkpoint_every, st["eval_every"]))
+    init_state, init_prov = _init_weights(init, preset, tch.name)
+    if init_prov is not None:
+        st = DistilSettings(**{**st, "init": init_prov["sha256"]})
     prov_path, wpath = out / f"{name}.json", out / f"{name}.pt"
     if prov_path.is_file() and wpath.is_file():
         done = json.loads(prov_path.read_text())
@@ -187,7 +200,10 @@ def distil(
     feature_seconds = time.perf_counter() - t0
 
     trainer = LocalTrainer(run_preset, tch.dim, dev)
-    trainer.set_stats(y_tr)
+    if init_state is None:
+        trainer.set_stats(y_tr)
+    else:  # keep the earlier run's statistics: its decoder regresses targets standardised with them
+        trainer.load_state(init_state)
     patches = p_tr.float().div_(255)
     curve_path = out / "curve.json"
     curve: list[dict[str, Any]] = json.loads(curve_path.read_text()) if curve_path.is_file() else []
@@ -226,6 +242,11 @@ def distil(
         "teacher_input_size": preset.teacher_input_size,
         "settings": dict(st),
         "steps": st["steps"],
+        "total_steps": st["steps"] + (int(init_prov.get("total_steps", init_prov["steps"])) if init_prov else 0),
+        "init": None if init_prov is None else {
+            "name": init_prov["name"], "sha256": init_prov["sha256"],
+            "total_steps": int(init_prov.get("total_steps", init_prov["steps"])),
+            "heldout": init_prov.get("heldout"), "curve": init_prov.get("curve", [])},
         "lambda_k": preset.lambda_k,
         "lambda_c": preset.lambda_c,
         "weight_decay": preset.weight_decay,
@@ -255,6 +276,29 @@ def distil(
     if ship:
         _ship(wpath, prov)
     return prov
+
+
+def _init_weights(init: str | Path | None, preset: Preset, teacher: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``(state, provenance)`` of the weights a distillation continues from, or ``(None, None)``."""
+    from ..models.shipped import find_shipped, load_shipped
+
+    if init is None:
+        return None, None
+    if str(init) == "shipped":
+        path = find_shipped(preset.patch_size, preset.descriptor_dim, teacher, preset.teacher_input_size)
+        if path is None:
+            raise GlanceError(f"--init shipped: no shipped weights {weights_name(preset.patch_size, preset.descriptor_dim, teacher, preset.teacher_input_size)} "
+                              f"in {WEIGHTS_DIR}")
+    else:
+        path = Path(init)
+        if not path.is_file():
+            raise GlanceError(f"--init {path}: no such weights file")
+    state, prov = load_shipped(path)
+    want = (preset.patch_size, preset.descriptor_dim, teacher, preset.teacher_input_size)
+    got = (prov.get("patch_size"), prov.get("descriptor_dim"), prov.get("teacher"), prov.get("teacher_input_size"))
+    if tuple(got) != want:
+        raise GlanceError(f"--init {path}: distilled for (patch, dim, teacher, input size) {got}, not {want}")
+    return state, prov
 
 
 def _ship(wpath: Path, prov: dict[str, Any]) -> None:
