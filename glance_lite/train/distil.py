@@ -45,7 +45,7 @@ from ..common.presets import Preset, hardware_info
 from ..models.shipped import WEIGHTS_DIR, half_state, sha256_file, weights_name
 from .training import LocalTrainer, git_commit
 
-__all__ = ["DistilSettings", "lr_schedule", "split_corpus", "distil", "heldout_losses"]
+__all__ = ["DistilSettings", "lr_schedule", "split_corpus", "distil", "heldout_losses", "distillation_floor"]
 
 SCALES = (0.35, 0.5, 0.7, 1.0, 1.4, 2.0)
 """Rescaling factors of the photographs before cropping (0.35: a wide view, 2: a close-up)."""
@@ -138,6 +138,51 @@ def heldout_losses(trainer: LocalTrainer, patches: torch.Tensor, targets: torch.
     return {"distillation": lk / n, "compactness": lc / n}
 
 
+FLOOR_DIMS = (16, 32, 64, 128, 256, 512)
+"""Descriptor dimensions at which :func:`distillation_floor` is reported in the provenance."""
+
+
+@torch.no_grad()
+def distillation_floor(train_targets: torch.Tensor, heldout_targets: torch.Tensor, mean: torch.Tensor,
+                       std: torch.Tensor, dims: tuple[int, ...] = FLOOR_DIMS) -> dict[str, Any]:
+    """The lowest l_k (Eq. 1) that *any* ``n``-d descriptor could reach with Eq. 1's linear decoder.
+
+    Eq. 1 regresses the (standardised) teacher feature with a linear decoder ``D(z) = W z + b`` from an
+    ``n``-d descriptor ``z``.  Whatever the Local-Net computes, ``W z + b`` lies in an ``n``-d affine
+    subspace, and the subspace that leaves the least mean squared error on a set of targets is spanned
+    by their top ``n`` principal components (Eckart-Young).  So, per dimension ``n``:
+
+    * ``train``: the variance of the training targets outside their top ``n`` components, divided by
+      the number of teacher dimensions -- a hard lower bound on the training l_k;
+    * ``heldout``: the mean squared residual of the held-out targets after projecting them on those
+      same components -- what a perfect ``n``-d Local-Net with that decoder would score on held-out
+      patches (an estimate, not a bound: another subspace could do slightly better there);
+    * ``heldout_mean_predictor``: l_k on held-out patches of predicting the training mean for every
+      patch (below 1 when the held-out photographs vary less than the training ones).
+
+    Targets are standardised with ``mean`` and ``std`` (the trainer's statistics), as in Eq. 1.
+    Taught in :doc:`/notebooks/01_local_net`.
+    """
+    tr = ((train_targets.double() - mean.double()) / std.double())
+    ho = ((heldout_targets.double() - mean.double()) / std.double())
+    centre = tr.mean(0)
+    tr, ho = tr - centre, ho - centre
+    d = tr.shape[1]
+    evals, evecs = torch.linalg.eigh(tr.T @ tr / len(tr))  # ascending
+    evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
+    total = float(evals.sum())
+    rows_tr, rows_ho = [], []
+    for n in dims:
+        n = min(int(n), d)
+        v = evecs[:, :n]
+        rows_tr.append(float(evals[n:].sum()) / d)
+        rows_ho.append(float((ho - ho @ v @ v.T).pow(2).mean()))
+    return {"dims": [min(int(n), d) for n in dims], "train": rows_tr, "heldout": rows_ho,
+            "train_explained": [1 - r * d / total for r in rows_tr],
+            "heldout_mean_predictor": float(ho.pow(2).mean()),
+            "n_train": int(len(tr)), "n_heldout": int(len(ho))}
+
+
 def distil(
     preset: Preset,
     out: str | Path,
@@ -162,7 +207,7 @@ def distil(
     restart), and the provenance records the earlier run (``init``: name, SHA-256, steps, curve) and
     the steps of both (``total_steps``).
     """
-    from ..data.corpus import bundled_photo_names, natural_images
+    from ..data.corpus import natural_images
     from ..models.teachers import load_teacher
 
     st = settings or DistilSettings()
@@ -185,11 +230,22 @@ def distil(
         if done.get("settings") == dict(st) and done.get("sha256") == sha256_file(wpath):
             if progress:
                 print(f"{wpath}: already distilled with these settings", file=sys.stderr)
+            if "floor" not in done:  # provenance written before the floor was measured: add it
+                images = natural_images(corpus_folder)
+                names = _names(images, corpus_folder)
+                tr_i, ho_i = split_corpus(names, st["heldout_every"])
+                _, y_tr = _teacher_chunks(tch, [images[i] for i in tr_i], st["n_patches"], preset.patch_size,
+                                          st["seed"], st["chunk"], out / "cache", "train", progress)
+                _, y_ho = _teacher_chunks(tch, [images[i] for i in ho_i], st["n_heldout"], preset.patch_size,
+                                          st["seed"] + 7, st["chunk"], out / "cache", "heldout", progress)
+                raw = load_torch(wpath)
+                done["floor"] = distillation_floor(y_tr, y_ho, raw["mean"].float(), raw["std"].float())
+                atomic_write_json(prov_path, done)
             if ship:
                 _ship(wpath, done)
             return done
     images = natural_images(corpus_folder)
-    names = bundled_photo_names() if corpus_folder is None else [f"{Path(corpus_folder).name}/{i}" for i in range(len(images))]
+    names = _names(images, corpus_folder)
     train_idx, held_idx = split_corpus(names, st["heldout_every"])
     t0 = time.perf_counter()
     cache = out / "cache"
@@ -264,6 +320,7 @@ def distil(
         "heldout": {"distillation": final_ho["distillation"], "compactness": final_ho["compactness"],
                     "measured_with": "float16 weights as shipped"},
         "curve": curve,
+        "floor": distillation_floor(y_tr, y_ho, trainer.mean.float(), trainer.std.float()),
         "seconds": round(hist.seconds, 1),
         "teacher_feature_seconds": round(feature_seconds, 1),
         "git_commit": git_commit(),
@@ -276,6 +333,13 @@ def distil(
     if ship:
         _ship(wpath, prov)
     return prov
+
+
+def _names(images: list[np.ndarray], corpus_folder: str | Path | None) -> list[str]:
+    """Names of the corpus photographs, as the provenance lists them."""
+    from ..data.corpus import bundled_photo_names
+
+    return bundled_photo_names() if corpus_folder is None else [f"{Path(corpus_folder).name}/{i}" for i in range(len(images))]
 
 
 def _init_weights(init: str | Path | None, preset: Preset, teacher: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
