@@ -61,7 +61,11 @@ def test_validation_tables_match_the_files():
     if not val:
         pytest.skip("no validation files")
     lev = book_tables.validation_levers(val)
+    repeats = book_tables.seed_repeats(val)
     for name, v in val.items():
+        if name in repeats:  # shown in the seeds table instead
+            assert name not in lev.index
+            continue
         lent = sorted({r["ts_from"] for r in v["rows"] if r.get("ts_from")})
         label = f"{name} (TS of {', '.join(lent)})" if lent else name
         assert lev.loc[label, "AU-PRO"] == v["mean"]["AU-PRO"]
@@ -71,6 +75,8 @@ def test_validation_tables_match_the_files():
         assert lev.loc[label, "image, Local-Net"].startswith(f"{v['preset_fields']['image_size']} px, ")
     src = book_tables.validation_sources(val)
     for name, v in val.items():
+        if name in repeats:
+            continue
         for r in v["rows"]:
             assert src.loc[r["source"], (name, "glance")] == r["AU-PRO"]
     # TS is shown once per Local-Net: never for a variant that borrowed it
@@ -78,3 +84,26 @@ def test_validation_tables_match_the_files():
     assert all(not any(r.get("ts_from") for r in val[n]["rows"]) for n in ts_cols)
     assert not any(same_local_net(val[a]["preset_fields"], val[b]["preset_fields"])
                    for i, a in enumerate(ts_cols) for b in ts_cols[i + 1:])
+
+
+def _val(name: str, seed: int, rows: list[tuple[str, float, float]], **fields: object) -> dict:
+    return {"date": f"2026-12-0{seed + 1}", "preset_fields": {"name": name, "seed": seed, "image_size": 128, **fields},
+            "rows": [{"source": s, "status": "ok", "AU-PRO": g, "ts_AU-PRO": t} for s, g, t in rows],
+            "mean": {}}
+
+
+def test_seed_repeats_are_grouped_and_summarised():
+    val = {"cpu": _val("cpu", 0, [("mesh", 0.785, 0.777), ("bottle", 0.945, 0.903)]),
+           "cpu-seed1": _val("cpu-seed1", 1, [("mesh", 0.734, 0.749), ("bottle", 0.946, 0.920)]),
+           "cpu-seed2": _val("cpu-seed2", 2, [("mesh", 0.80, 0.79)]),
+           "cpu-i192": _val("cpu-i192", 0, [("mesh", 0.85, 0.862)], image_size=192),
+           "cpu-i192-seed1": _val("cpu-i192-seed1", 1, [("mesh", 0.84, 0.85)], image_size=192)}
+    assert book_tables.seed_repeats(val) == {"cpu-seed1": "cpu", "cpu-seed2": "cpu", "cpu-i192-seed1": "cpu-i192"}
+    df = book_tables.validation_seeds(val, "cpu")
+    assert list(df.columns.get_level_values(0).unique()) == ["seed 0", "seed 1", "seed 2", "over seeds"]
+    assert df.loc["mesh", ("over seeds", "n")] == 3 and df.loc["bottle", ("over seeds", "n")] == 2
+    assert df.loc["mesh", ("over seeds", "glance ≥ TS")] == "2 / 3"
+    assert df.loc["mesh", ("over seeds", "worst glance − TS")] == pytest.approx(0.734 - 0.749)
+    assert df.loc["mesh", ("over seeds", "glance − TS")] == pytest.approx((0.008 - 0.015 + 0.01) / 3)
+    assert df.loc["bottle", ("over seeds", "TS")] == pytest.approx((0.903 + 0.920) / 2)
+    assert book_tables.validation_seeds({"cpu": val["cpu"]}, "cpu").empty

@@ -24,7 +24,7 @@ from ..experiments.reproduce import load_patchcore, pro_by_lambda
 from ..experiments.validation import ts_lenders
 
 __all__ = ["tables_1_and_2", "missing_note", "bar_rows", "offline_table", "table_4", "provenance_html",
-           "validation_levers", "validation_sources", "validation_lambda", "STYLE"]
+           "validation_levers", "validation_sources", "validation_lambda", "seed_repeats", "validation_seeds", "STYLE"]
 
 STYLE = {"precision": 3, "na_rep": "–"}
 """``DataFrame.style.format(**STYLE)``: three decimals, a dash for a missing value."""
@@ -179,11 +179,70 @@ def provenance_html(rows: Iterable[dict[str, Any]], results_root: str | Path | N
             f"<ul style=\"font-size:0.85em\">{''.join(items)}</ul></details>")
 
 
+def seed_repeats(val: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """``{repeat: base}`` for every variant that differs from another only in its ``seed``: the same
+    settings fitted again with other random numbers.  The base is the variant of the lowest seed.
+    Repeats measure noise, not a lever, so the lever tables leave them out and
+    :func:`validation_seeds` shows them."""
+    def key(v: dict[str, Any]) -> str:
+        return repr(sorted((k, repr(x)) for k, x in v["preset_fields"].items() if k not in ("seed", "name")))
+
+    groups: dict[str, list[str]] = {}
+    for name, v in val.items():
+        groups.setdefault(key(v), []).append(name)
+    out = {}
+    for names in groups.values():
+        names.sort(key=lambda n: (int(val[n]["preset_fields"].get("seed", 0)), n))
+        out.update({n: names[0] for n in names[1:]})
+    return out
+
+
+def validation_seeds(val: dict[str, dict[str, Any]], base: str) -> Any:
+    """AU-PRO of glance-lite and TS per validation source (rows) for ``base`` and each of its seed repeats
+    (:func:`seed_repeats`), then, over the seeds a source has: the means, the mean and the worst of
+    glance − TS, and on how many seeds glance-lite is at least TS.  Empty when ``base`` has no repeat."""
+    pd = _pd()
+    rep = seed_repeats(val)
+    names = [base] + sorted((n for n, b in rep.items() if b == base),
+                            key=lambda n: int(val[n]["preset_fields"].get("seed", 0)))
+    if len(names) < 2:
+        return pd.DataFrame()
+    table: dict[str, dict[Any, Any]] = {}
+    for name in names:
+        seed = int(val[name]["preset_fields"].get("seed", 0))
+        for r in val[name]["rows"]:
+            if r.get("status", "ok") != "ok" or r.get("AU-PRO") is None:
+                continue
+            d = table.setdefault(r["source"], {})
+            d[(f"seed {seed}", "glance")] = r["AU-PRO"]
+            d[(f"seed {seed}", "TS")] = r.get("ts_AU-PRO")
+    for d in table.values():
+        pairs = [(d[(s, "glance")], d[(s, "TS")]) for s, k in list(d) if k == "glance" and d.get((s, "TS")) is not None]
+        diffs = [g - t for g, t in pairs]
+        d[("over seeds", "n")] = len(pairs)
+        d[("over seeds", "glance")] = float(np.mean([g for g, _ in pairs])) if pairs else None
+        d[("over seeds", "TS")] = float(np.mean([t for _, t in pairs])) if pairs else None
+        d[("over seeds", "glance − TS")] = float(np.mean(diffs)) if diffs else None
+        d[("over seeds", "worst glance − TS")] = min(diffs) if diffs else None
+        d[("over seeds", "glance ≥ TS")] = f"{sum(x >= 0 for x in diffs)} / {len(diffs)}"
+    df = pd.DataFrame.from_dict(table, orient="index")
+    seeds = sorted({c[0] for c in df.columns if c[0] != "over seeds"}, key=lambda c: int(c.split()[1]))
+    cols = [(s, k) for s in seeds for k in ("glance", "TS") if (s, k) in df.columns]
+    cols += [c for c in df.columns if c[0] == "over seeds"]
+    df = df[cols]
+    df.columns = pd.MultiIndex.from_tuples(df.columns)
+    return df
+
+
 def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
-    """One row per validated preset variant: what it changes and its mean AU-PRO against TS's."""
+    """One row per validated preset variant: what it changes and its mean AU-PRO against TS's.
+    Seed repeats (:func:`seed_repeats`) are left out: :func:`validation_seeds` shows them."""
     pd = _pd()
     out = []
+    repeats = seed_repeats(val)
     for name, v in sorted(val.items(), key=lambda kv: kv[1]["date"]):
+        if name in repeats:
+            continue
         m, f = v["mean"], v["preset_fields"]
         patch = (f["patch_size"] if not f.get("extra_patch_sizes") else
                  "+".join(str(x) for x in [f["patch_size"], *f["extra_patch_sizes"]]))
@@ -210,7 +269,9 @@ def validation_sources(val: dict[str, dict[str, Any]], variants: Sequence[str] |
     from ..common.presets import same_local_net
 
     pd = _pd()
-    names = list(variants) if variants else [k for k, _ in sorted(val.items(), key=lambda kv: kv[1]["date"])]
+    repeats = seed_repeats(val)
+    names = list(variants) if variants else [k for k, _ in sorted(val.items(), key=lambda kv: kv[1]["date"])
+                                             if k not in repeats]
     table: dict[str, dict[str, Any]] = {}
     shown_ts: list[str] = []
     for name in names:
@@ -236,7 +297,10 @@ def validation_lambda(val: dict[str, dict[str, Any]]) -> Any:
     heads under the variant's headline normalisation), the variant's own lambda_s marked in the index."""
     pd = _pd()
     out = {}
+    repeats = seed_repeats(val)
     for name, v in sorted(val.items(), key=lambda kv: kv[1]["date"]):
+        if name in repeats:
+            continue
         sw = v["mean"].get("lambda_sweep")
         if sw:
             out[f"{name} (λ_s = {v['preset_fields']['lambda_s']:g})"] = sw
