@@ -148,3 +148,77 @@ def test_init_refuses_missing_or_incompatible_weights(distilled: tuple[Path, dic
     with pytest.raises(GlanceError, match="distilled for"):
         distil(get_preset("smoke", patch_size=33), tmp_path / "b", TINY, progress=False,
                init=work / f"{prov['name']}.pt")
+
+
+def test_distillation_floor_is_the_best_linear_decoder_can_do() -> None:
+    from glance_lite.train.distil import distillation_floor
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 20, generator=g)
+    tr = torch.randn(2000, 4, generator=g) @ w + 0.01 * torch.randn(2000, 20, generator=g)
+    ho = torch.randn(500, 4, generator=g) @ w + 0.01 * torch.randn(500, 20, generator=g)
+    mean, std = tr.mean(0), tr.std(0)
+    f = distillation_floor(tr, ho, mean, std, dims=(1, 2, 4, 8))
+    # four latent dimensions explain everything: the floor vanishes at n = 4, not before
+    assert f["train"][2] < 1e-3 and f["heldout"][2] < 1e-3
+    assert f["train"][0] > f["train"][1] > 0.01
+    assert f["heldout_mean_predictor"] == pytest.approx(1.0, abs=0.15)
+    # no 2-d descriptor, however computed, does better with a linear decoder (least squares, with bias)
+    tn = (tr - mean) / std
+    for _ in range(5):
+        z = torch.cat([tr @ torch.randn(20, 2, generator=g), torch.ones(len(tr), 1)], 1)
+        sol = torch.linalg.lstsq(z.double(), tn.double()).solution
+        mse = float((z.double() @ sol - tn.double()).pow(2).mean())
+        assert mse >= f["train"][1] - 1e-9
+
+
+def test_old_provenance_gains_the_floor_without_recomputing(distilled: tuple[Path, dict], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import shutil
+
+    work, prov = distilled
+    assert prov["floor"]["dims"][:4] == [16, 32, 64, 128] and prov["floor"]["n_heldout"] == TINY["n_heldout"]
+    copy = tmp_path / "old"
+    shutil.copytree(work, copy)
+    js = copy / f"{prov['name']}.json"
+    old = json.loads(js.read_text())
+    del old["floor"]
+    js.write_text(json.dumps(old))
+    monkeypatch.setattr(teachers, "teacher_features", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    again = distil(get_preset("smoke"), copy, TINY, progress=False, command="test")
+    assert again["floor"]["heldout"] == pytest.approx(prov["floor"]["heldout"])
+    assert json.loads(js.read_text())["floor"]["train"] == pytest.approx(prov["floor"]["train"])
+
+
+def test_fit_refuses_a_run_made_from_other_shipped_weights(distilled: tuple[Path, dict], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run fitted from one shipped Local-Net is not resumed on top of another (e.g. after an upgrade)."""
+    import json
+
+    from glance_lite.train.training import fit
+    from test_cli import _tiny_dataset
+
+    work, prov = distilled
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    for ext in (".pt", ".json"):
+        (wdir / f"{prov['name']}{ext}").write_bytes((work / f"{prov['name']}{ext}").read_bytes())
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", wdir)
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
+    root = _tiny_dataset(tmp_path / "ds")
+    p = get_preset("smoke", pretrained="shipped")
+    run = tmp_path / "run"
+    fit(root, "widget", run, p, progress=False)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["local_net_pretrained"]["sha256"] == prov["sha256"]
+    fit(root, "widget", run, p, progress=False)  # same weights: resumes (nothing left to do)
+    # other weights under the same name (a new release): refused, naming the run folder
+    raw = torch.load(wdir / f"{prov['name']}.pt", weights_only=True)
+    raw["local_net"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in raw["local_net"].items()}
+    torch.save(raw, wdir / f"{prov['name']}.pt")
+    meta = json.loads((wdir / f"{prov['name']}.json").read_text())
+    meta["sha256"] = shipped.sha256_file(wdir / f"{prov['name']}.pt")
+    (wdir / f"{prov['name']}.json").write_text(json.dumps(meta))
+    with pytest.raises(GlanceError, match=str(run.name)):
+        fit(root, "widget", run, p, progress=False)

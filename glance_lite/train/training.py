@@ -652,6 +652,7 @@ def fit(
     configure(dev)
     cat = find_category(data_root, category)
     cfg_path = out / "config.json"
+    old: dict[str, Any] = {}
     if cfg_path.is_file():
         old = json.loads(cfg_path.read_text())
         if (training_fields(Preset.from_dict(old.get("preset", {}))) != training_fields(preset)
@@ -678,6 +679,16 @@ def fit(
     images = load_train_images(cat, preset)
 
     trainer, h_pre, tname = pretrain_local(preset, teacher, pretrain_dir, corpus_folder, progress, device=dev)
+    was = old.get("local_net_pretrained")
+    if was and was.get("sha256") != trainer.source.get("sha256"):  # e.g. a newer glance-lite ships other weights
+        raise GlanceError(f"{out}: was fitted from the Local-Net {was.get('file') or was.get('kind')} "
+                          f"(sha256 {str(was.get('sha256'))[:12]}...), not from the one this fit would start from "
+                          f"({trainer.source.get('file') or trainer.source.get('kind')}, sha256 "
+                          f"{str(trainer.source.get('sha256'))[:12]}...); choose another --out")
+    if not was:  # record it now, so that an interrupted run is checked on resume too
+        config["local_net_pretrained"] = trainer.source
+        on_main(lambda: atomic_write_json(cfg_path, {**(json.loads(cfg_path.read_text()) if cfg_path.is_file()
+                                                        else config), "local_net_pretrained": trainer.source}), ctx)
     tch = load_teacher(tname, input_size=preset.teacher_input_size, verbose=False).to(dev)
     h_fine = finetune_local(trainer, images, tch, out, progress)
 
