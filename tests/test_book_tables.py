@@ -98,7 +98,11 @@ def test_seed_repeats_are_grouped_and_summarised():
            "cpu-seed2": _val("cpu-seed2", 2, [("mesh", 0.80, 0.79)]),
            "cpu-i192": _val("cpu-i192", 0, [("mesh", 0.85, 0.862)], image_size=192),
            "cpu-i192-seed1": _val("cpu-i192-seed1", 1, [("mesh", 0.84, 0.85)], image_size=192)}
+    # the same fields from other shipped weights (a longer distillation) is another Local-Net, not a repeat
+    val["cpu-cont"] = _val("cpu-cont", 1, [("mesh", 0.8, 0.78)])
+    val["cpu-cont"]["rows"][0]["local_net"] = {"kind": "shipped", "sha256": "ab" * 32}
     assert book_tables.seed_repeats(val) == {"cpu-seed1": "cpu", "cpu-seed2": "cpu", "cpu-i192-seed1": "cpu-i192"}
+    del val["cpu-cont"]
     df = book_tables.validation_seeds(val, "cpu")
     assert list(df.columns.get_level_values(0).unique()) == ["seed 0", "seed 1", "seed 2", "over seeds"]
     assert df.loc["mesh", ("over seeds", "n")] == 3 and df.loc["bottle", ("over seeds", "n")] == 2

@@ -243,7 +243,11 @@ def test_a_variant_without_ts_borrows_it_only_from_the_same_local_net():
         # another Local-Net (fine-tuned longer): must not borrow
         "finetune": res(base.replace(finetune_steps=800), [{"source": "a", "AU-PRO": 0.9}]),
     }
+    # the same preset fields but other shipped weights (a longer distillation): must not borrow either
+    val["other-weights"] = res(base.replace(global_steps=3000), [{"source": "a", "AU-PRO": 0.9, "teacher": "efficientnet_lite0",
+                                                                   "local_net": {"kind": "shipped", "sha256": "f" * 64}}])
     out = borrow_ts(val)
+    assert out["other-weights"]["rows"][0].get("ts_AU-PRO") is None
     rows = out["longer"]["rows"]
     assert [r["ts_AU-PRO"] for r in rows] == [0.70, 0.9] and {r["ts_from"] for r in rows} == {"cpu"}
     assert abs(rows[0]["glance_minus_ts_AU-PRO"] - 0.15) < 1e-9 and abs(rows[1]["glance_minus_ts_AU-PRO"] + 0.2) < 1e-9
@@ -251,3 +255,33 @@ def test_a_variant_without_ts_borrows_it_only_from_the_same_local_net():
     assert out["finetune"]["rows"][0].get("ts_AU-PRO") is None and "ts_from" not in out["finetune"]["rows"][0]
     assert val["longer"]["rows"][0].get("ts_AU-PRO") is None      # the input is left as it was
     assert out["cpu"]["rows"] == val["cpu"]["rows"]                 # rows with TS keep theirs
+
+
+def test_rows_know_their_local_net_and_new_weights_get_new_runs(tmp_path, monkeypatch):
+    import glance_lite.models.shipped as shipped
+    from glance_lite.common.presets import get_preset
+
+    p = get_preset("cpu")
+    name = "localnet-p33-d128-efficientnet_lite0-t96"
+    legacy = V.LEGACY_LOCAL_NETS[name]
+    fields = p.to_dict()
+    # a row written before rows recorded it: the first weights shipped under that name
+    assert V.row_local_net({"teacher": "efficientnet_lite0"}, fields) == legacy
+    assert V.row_local_net({"local_net": {"kind": "shipped", "sha256": "ab" * 32}}, fields) == "ab" * 32
+    assert V.row_local_net({}, get_preset("cpu", pretrained="none").to_dict()) == "distilled here"
+    res = {"preset_fields": fields, "rows": [{"status": "ok", "teacher": "efficientnet_lite0"},
+                                             {"status": "ok", "local_net": {"sha256": legacy}}]}
+    assert V.local_net_id(res) == legacy
+    res["rows"].append({"status": "ok", "local_net": {"sha256": "ab" * 32}})
+    assert V.local_net_id(res) == "mixed"
+    # the run key: unchanged for the legacy weights, new for other weights under the same name
+    wdir = tmp_path / "weights"
+    wdir.mkdir()
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", wdir)
+    no_weights = V.run_key(p, "auto", "d")
+    (wdir / f"{name}.pt").write_bytes(b"x")
+    (wdir / f"{name}.json").write_text(json.dumps({"sha256": legacy}))
+    assert V.run_key(p, "auto", "d") == no_weights
+    (wdir / f"{name}.json").write_text(json.dumps({"sha256": "ab" * 32}))
+    assert V.run_key(p, "auto", "d") != no_weights
+    assert V.run_key(p, "efficientnet_lite0", "d") != V.run_key(p, "efficientnet_lite0", "e")

@@ -115,6 +115,15 @@ MIN_TRAIN_IMAGES = 10
 
 MODES = ("heldout", "test")
 
+LEGACY_LOCAL_NETS: dict[str, str] = {
+    "localnet-p33-d128-efficientnet_lite0-t96": "2d68dad2d014c802681c29e9f131445598fcc11f29e9095a92f4fe2d9b6cf5db",
+    "localnet-p17-d128-efficientnet_lite0-t96": "14bc44591d4c8b456d158c1cf7241576aedf01a9778031e4c6506e5e2a998633",
+}
+"""SHA-256 of the first weights shipped under each name.  Rows written before rows recorded their
+Local-Net (``row["local_net"]``) were all fitted from these (each name was shipped once until then,
+git history); :func:`local_net_id` reads them so, and a run key leaves them out so that those rows'
+keys stay valid."""
+
 
 # ----------------------------------------------------------------------------------------------
 # sources
@@ -580,6 +589,21 @@ def _data_id(src: Source, data_root: Path) -> str:
     return short_hash({"root": str(src.root.resolve()), "offline": m and m.get("version")})
 
 
+def run_key(preset: Preset, teacher: str, data_id: str) -> str:
+    """The key of a validation run folder: a hash of the training fields, the teacher and the data, and,
+    when the preset starts from shipped weights other than the first shipped under their name
+    (:data:`LEGACY_LOCAL_NETS`), of those weights' SHA-256 -- so that new weights get new runs while
+    the keys of rows written before stay valid."""
+    key_of: dict[str, Any] = {"preset": training_fields(preset), "teacher": teacher, "data": data_id}
+    t_name = preset.teacher if teacher == "auto" else teacher
+    names = [t_name] if t_name != "auto" else ["resnet18", "efficientnet_lite0"]  # "auto": whichever loads
+    fresh = sorted({i for i in (_shipped_id(preset.to_dict(), n) for n in names)
+                    if i is not None and i not in LEGACY_LOCAL_NETS.values()})
+    if fresh:
+        key_of["local_net"] = fresh
+    return short_hash(key_of)
+
+
 def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, progress: bool,
                 old: dict | None, device: str | None = None) -> tuple[dict[str, Any], bool]:
     """Fit, evaluate and (optionally) TS one source; returns (row, reused)."""
@@ -591,8 +615,10 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
     data_root = make_heldout(src.root, src.category, out, progress=progress) if src.mode == "heldout" else src.root
     # the run folder depends on the training fields only: a variant that changes only how runs are
     # scored (e.g. score_norm) re-evaluates the same fits
-    key = short_hash({"preset": training_fields(preset), "teacher": teacher, "data": _data_id(src, data_root)})
-    if old and old.get("status") == "ok" and old.get("key") == key and same_preset(old.get("preset_fields"), preset) and (not ts or old.get("ts") is not None
+    key = run_key(preset, teacher, _data_id(src, data_root))
+    now = _shipped_id(preset.to_dict(), old.get("teacher")) if old else None
+    same_net = now is None or row_local_net(old) in (None, now)
+    if old and old.get("status") == "ok" and old.get("key") == key and same_net and same_preset(old.get("preset_fields"), preset) and (not ts or old.get("ts") is not None
                                                                         or old.get("AU-PRO") is None):
         if "lambda_sweep" not in old and Path(old.get("run", "")).joinpath("head_maps.npz").is_file():
             old = dict(old, lambda_sweep=lambda_sweep(Path(old["run"])))  # rows written before the sweep existed
@@ -604,6 +630,8 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
     heads = m.get("heads", {})
     row.update({k: m.get(k) for k in ("AU-PRO", "pixel_AUROC", "image_AUROC", "n_test", "teacher",
                                        "seconds_per_image")})
+    ln = (_read_json(run / "config.json") or {}).get("local_net_pretrained") or {}
+    row["local_net"] = {k: ln.get(k) for k in ("kind", "file", "sha256")}
     row["lambda_sweep"] = lambda_sweep(run)
     row["iad_only_AU-PRO"] = heads.get("iad_only", {}).get("AU-PRO")
     row["dad_only_AU-PRO"] = heads.get("dad_only", {}).get("AU-PRO")
@@ -662,8 +690,7 @@ def borrow_ts(val: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out = {}
     for name, v in val.items():
         rows = []
-        donors = [(n, d) for n, d in val.items() if n != name and d.get("ts")
-                  and same_local_net(d["preset_fields"], v["preset_fields"])]
+        donors = [(n, d) for n, d in val.items() if n != name and d.get("ts") and same_weights(d, v)]
         for r in v.get("rows", []):
             if r.get("ts_AU-PRO") is None and r.get("status") == "ok":
                 for n, d in donors:
@@ -677,6 +704,56 @@ def borrow_ts(val: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             rows.append(r)
         out[name] = dict(v, rows=rows, mean=mean_row(rows))
     return out
+
+
+def _shipped_id(fields: dict[str, Any], teacher: str | None) -> str | None:
+    """SHA-256 of the weights that a fit with these preset fields would start from now, if shipped."""
+    from ..models.shipped import find_shipped, weights_name
+
+    if fields.get("pretrained") != "shipped" or not teacher:
+        return None
+    args = (fields["patch_size"], fields["descriptor_dim"], teacher, fields["teacher_input_size"])
+    found = find_shipped(*args)
+    if found is None:
+        return None
+    try:
+        return json.loads(found.with_suffix(".json").read_text()).get("sha256")
+    except (OSError, ValueError):
+        return LEGACY_LOCAL_NETS.get(weights_name(*args))
+
+
+def row_local_net(row: dict[str, Any], fields: dict[str, Any] | None = None) -> str | None:
+    """Which Local-Net a validation row's run started from: the shipped weights' SHA-256, ``"distilled here"``,
+    or None when unknown.  A row written before rows recorded it (no ``local_net``) and fitted with
+    ``pretrained = "shipped"`` started from the first weights shipped under that name
+    (:data:`LEGACY_LOCAL_NETS`)."""
+    from ..models.shipped import weights_name
+
+    ln = row.get("local_net")
+    if ln:
+        return ln.get("sha256") or ln.get("kind")
+    f = fields or row.get("preset_fields") or {}
+    if f.get("pretrained") == "none":
+        return "distilled here"
+    if f.get("pretrained") == "shipped" and row.get("teacher"):
+        return LEGACY_LOCAL_NETS.get(weights_name(f["patch_size"], f["descriptor_dim"], row["teacher"],
+                                                  f["teacher_input_size"]))
+    return None
+
+
+def local_net_id(result: dict[str, Any]) -> str | None:
+    """The Local-Net of a validation result's runs (:func:`row_local_net` of its finished rows): one
+    SHA-256 or ``"distilled here"``; ``"mixed"`` when rows differ; None when no row says."""
+    ids = {row_local_net(r, result.get("preset_fields")) for r in result.get("rows", []) if r.get("status") == "ok"}
+    ids.discard(None)
+    return None if not ids else ids.pop() if len(ids) == 1 else "mixed"
+
+
+def same_weights(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two validation results fitted the same Local-Net: the same training fields outside the
+    joint stage (:func:`glance_lite.common.presets.same_local_net`) *and* the same starting weights
+    (:func:`local_net_id`; a shipped file can be replaced by a longer distillation)."""
+    return same_local_net(a["preset_fields"], b["preset_fields"]) and local_net_id(a) == local_net_id(b)
 
 
 def ts_lenders(result: dict[str, Any]) -> list[str]:

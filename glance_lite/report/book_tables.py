@@ -21,7 +21,7 @@ import numpy as np
 from .paper_tables import (MVTEC_CATEGORIES, TABLE1_PRO, TABLE2_PIXEL_AUROC, TABLE4_LAMBDA_PRO,
                            TEXTURES, category_key)
 from ..experiments.reproduce import load_patchcore, pro_by_lambda
-from ..experiments.validation import ts_lenders
+from ..experiments.validation import local_net_id, same_weights, ts_lenders
 
 __all__ = ["tables_1_and_2", "missing_note", "bar_rows", "offline_table", "table_4", "provenance_html",
            "validation_levers", "validation_sources", "validation_lambda", "seed_repeats", "validation_seeds", "STYLE"]
@@ -185,7 +185,8 @@ def seed_repeats(val: dict[str, dict[str, Any]]) -> dict[str, str]:
     Repeats measure noise, not a lever, so the lever tables leave them out and
     :func:`validation_seeds` shows them."""
     def key(v: dict[str, Any]) -> str:
-        return repr(sorted((k, repr(x)) for k, x in v["preset_fields"].items() if k not in ("seed", "name")))
+        return repr((sorted((k, repr(x)) for k, x in v["preset_fields"].items() if k not in ("seed", "name")),
+                     local_net_id(v)))
 
     groups: dict[str, list[str]] = {}
     for name, v in val.items():
@@ -249,7 +250,9 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
         lent = ts_lenders(v)
         if lent:  # validated without TS: TS of the variant with the same Local-Net (validation.borrow_ts)
             name = f"{name} (TS of {', '.join(lent)})"
-        out.append({"variant": name, "image, Local-Net": f"{f['image_size']} px, {f.get('pretrained')} p{patch}",
+        ln = local_net_id(v)
+        weights = f" ({ln[:8]})" if ln and f.get("pretrained") == "shipped" and ln != "mixed" else ""
+        out.append({"variant": name, "image, Local-Net": f"{f['image_size']} px, {f.get('pretrained')} p{patch}{weights}",
                     "joint steps × holes, DAD negatives": f"{f['global_steps']} × {f.get('global_holes', 1)}, "
                                                           f"{f.get('dad_negatives', 'stain')}",
                     "IAD, λ_s": f"{'whitened' if f.get('iad_metric') == 'mahalanobis' else 'Eq. 11'}, {f.get('lambda_s'):g}",
@@ -264,10 +267,8 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
 def validation_sources(val: dict[str, dict[str, Any]], variants: Sequence[str] | None = None) -> Any:
     """AU-PRO per validation source (rows) and variant (columns).  A variant's TS column is shown only
     when no variant shown before it fitted the same Local-Net (TS depends on the Local-Net alone,
-    :func:`glance_lite.common.presets.same_local_net`) and its TS was not borrowed
+    :func:`glance_lite.experiments.validation.same_weights`) and its TS was not borrowed
     (:func:`glance_lite.experiments.validation.borrow_ts`)."""
-    from ..common.presets import same_local_net
-
     pd = _pd()
     repeats = seed_repeats(val)
     names = list(variants) if variants else [k for k, _ in sorted(val.items(), key=lambda kv: kv[1]["date"])
@@ -276,7 +277,7 @@ def validation_sources(val: dict[str, dict[str, Any]], variants: Sequence[str] |
     shown_ts: list[str] = []
     for name in names:
         borrowed = bool(ts_lenders(val[name]))
-        twin = any(same_local_net(val[o]["preset_fields"], val[name]["preset_fields"]) for o in shown_ts)
+        twin = any(same_weights(val[o], val[name]) for o in shown_ts)
         with_ts = not borrowed and not twin and any(r.get("ts_AU-PRO") is not None for r in val[name]["rows"])
         if with_ts:
             shown_ts.append(name)
