@@ -214,6 +214,21 @@ def test_end_to_end_resume_and_reuse(tmp_path, monkeypatch):
     z = np.load(a / "ts_maps.npz")
     assert z["maps"].shape == (4, 32, 32) and np.isfinite(z["maps"]).all()
 
+    # a preset that changes only scoring fields scores TS on its own grid, as evaluate_run does glance-lite
+    fine = PRESET.replace(score_stride=1, idw_neighbours=4)
+    assert fine.score_stride != PRESET.score_stride
+    m2 = run_ts_baseline(a, root, "widget", progress=False, preset=fine)
+    z2 = np.load(a / "ts_maps.npz")
+    assert m2["preset_fields"]["score_stride"] == 1 and not np.allclose(z2["maps"], z["maps"])
+    from glance_lite.data.mvtec import MVTecDataset, find_category
+
+    ens, model = StudentEnsemble.from_run(a), GlanceModel.load(a)
+    img = MVTecDataset(find_category(root, "widget"), "test", PRESET.image_size)[0]["image"][None]
+    want = student_maps(ens, model.local_net, img, stride=1, neighbours=4)[0].numpy()
+    assert np.allclose(z2["maps"][0], want, atol=1e-5)
+    with pytest.raises(GlanceError, match="scoring fields"):
+        run_ts_baseline(a, root, "widget", progress=False, preset=PRESET.replace(global_steps=PRESET.global_steps + 1))
+
 
 def test_errors_name_the_run(tmp_path):
     root = _tiny_dataset(tmp_path / "ds")

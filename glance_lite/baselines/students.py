@@ -587,13 +587,16 @@ def _metrics(maps: np.ndarray, masks: np.ndarray | None, labels: np.ndarray) -> 
 
 def evaluate_students(
     run_dir: str | Path, data_root: str | Path, category: str, progress: bool = True,
-    device: str | torch.device | None = None,
+    device: str | torch.device | None = None, preset: Preset | None = None,
 ) -> dict[str, Any]:
     """Score the test split with the TS baseline; writes ``run_dir/metrics_ts.json`` and ``ts_maps.npz``.
 
     The metrics are those of :func:`glance_lite.evaluate.evaluation.evaluate_run` (image AUROC from the
     map maxima, pixel AUROC, AU-PRO up to FPR 0.3), so ``metrics.json`` and ``metrics_ts.json``
-    compare directly.
+    compare directly.  ``preset`` (default: the run's) gives the scoring grid and the IDW settings
+    (``score_stride``, ``idw_power``, ``idw_neighbours``), as ``evaluate_run(..., preset=)`` does for
+    glance-lite, so that a variant that changes only how runs are scored scores TS the same way; its
+    training fields must be the run's.
     """
     from ..models.model import GlanceModel
     from ..data.mvtec import MVTecDataset, find_category
@@ -608,6 +611,10 @@ def evaluate_students(
     p = model.preset
     if ens.preset is not None and training_fields(ens.preset) != training_fields(p):  # scoring fields may differ
         raise GlanceError(f"{run_dir / 'students.pt'}: was trained with another preset than {run_dir / 'model.pt'}")
+    if preset is not None:
+        if training_fields(preset) != training_fields(p):
+            raise GlanceError(f"{run_dir}: was fitted with another preset than {preset.name!r} (only scoring fields may differ)")
+        p = preset
     cat = find_category(data_root, category)
     ds = MVTecDataset(cat, "test", p.image_size, max_images=p.max_test_images)
     if len(ds) == 0:
@@ -616,7 +623,8 @@ def evaluate_students(
     t0 = time.perf_counter()
     for i in tqdm(range(len(ds)), desc=f"TS {category}", disable=not progress):
         item = ds[i]
-        maps.append(student_maps(ens, model.local_net, item["image"][None])[0].numpy())
+        maps.append(student_maps(ens, model.local_net, item["image"][None], stride=p.score_stride,
+                                 power=p.idw_power, neighbours=p.idw_neighbours)[0].numpy())
         masks.append(item["mask"][0].numpy())
         labels.append(int(item["label"]))
         paths.append(item["path"])
@@ -660,19 +668,20 @@ def evaluate_students(
 
 
 def run_ts_baseline(run_dir: str | Path, data_root: str | Path, category: str, progress: bool = True,
-                    device: str | torch.device | None = None) -> dict[str, Any]:
+                    device: str | torch.device | None = None, preset: Preset | None = None) -> dict[str, Any]:
     """Fit (or reuse) the students of a finished run and evaluate them: the TS column of Tab. 1.
 
     An existing ``run_dir/students.pt`` is evaluated as it is, whatever its settings; otherwise the
     students are trained (or their training resumed) with the defaults of :func:`fit_students`.
+    ``preset`` (default: the run's) gives the scoring fields (:func:`evaluate_students`).
     Returns the dict written to ``run_dir/metrics_ts.json``.
     """
     from ..models.model import GlanceModel
-    from ..train.training import scale_dir
+    from ..train.training import scale_dir, scale_preset
 
     if not (Path(run_dir) / "students.pt").is_file():
         fit_students(run_dir, data_root, category, progress=progress, device=device)
-    result = evaluate_students(run_dir, data_root, category, progress=progress, device=device)
+    result = evaluate_students(run_dir, data_root, category, progress=progress, device=device, preset=preset)
     extra = GlanceModel.load(run_dir).preset.extra_patch_sizes
     if not extra:
         return result
@@ -684,7 +693,9 @@ def run_ts_baseline(run_dir: str | Path, data_root: str | Path, category: str, p
         sub = scale_dir(run_dir, size)
         if not (sub / "students.pt").is_file():
             fit_students(sub, data_root, category, progress=progress, device=device)
-        singles[f"p{size}"] = evaluate_students(sub, data_root, category, progress=progress, device=device)
+        sub_preset = None if preset is None else scale_preset(preset, size)
+        singles[f"p{size}"] = evaluate_students(sub, data_root, category, progress=progress, device=device,
+                                                preset=sub_preset)
     folders = [Path(run_dir)] + [scale_dir(run_dir, size) for size in extra]
     loaded = [np.load(f / "ts_maps.npz") for f in folders]
     maps_a = np.mean([d["maps"] for d in loaded], axis=0)

@@ -86,7 +86,7 @@ def fit_evaluate_ts(root: str | Path, category: str, run: str | Path, preset: Pr
     if ts and metrics.get("AU-PRO") is not None:
         from ..baselines.students import run_ts_baseline
 
-        tsm = run_ts_baseline(run, root, category, progress=progress, device=device)
+        tsm = run_ts_baseline(run, root, category, progress=progress, device=device, preset=preset)
     return metrics, tsm, {"fit": t1 - t0, "evaluate": t2 - t1, "ts": time.perf_counter() - t2}
 
 
