@@ -137,6 +137,10 @@ def test_init_continues_from_earlier_weights(distilled: tuple[Path, dict], tmp_p
     assert more["init"]["sha256"] == prov["sha256"] and more["init"]["curve"] == prov["curve"]
     assert more["total_steps"] == 2 * TINY["steps"] and more["settings"]["init"] == prov["sha256"]
     assert more["sha256"] != prov["sha256"]
+    # the whole learning curve: the first run's, then this one's counted on from it
+    whole = shipped.learning_curve(more)
+    assert [c["step"] for c in whole] == [3, 6, 9, 12] and [c["run"] for c in whole] == [0, 0, 1, 1]
+    assert whole[2]["heldout_distillation"] == more["curve"][0]["heldout_distillation"]
     # without init the same settings start from random weights, so the first run is not "already distilled"
     assert "init" not in prov["settings"] and prov["total_steps"] == TINY["steps"]
 

@@ -34,7 +34,8 @@ import torch
 from ..common.fileio import GlanceError, load_torch
 from ..common.paths import package_dir
 
-__all__ = ["WEIGHTS_DIR", "weights_name", "sha256_file", "shipped_entries", "find_shipped", "load_shipped"]
+__all__ = ["WEIGHTS_DIR", "weights_name", "sha256_file", "shipped_entries", "find_shipped", "load_shipped",
+           "learning_curve"]
 
 WEIGHTS_DIR = package_dir() / "weights"
 """Where the shipped weights and their provenance files live (package data)."""
@@ -100,6 +101,17 @@ def load_shipped(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         "std": raw["std"].float(),
     }
     return state, prov
+
+
+def learning_curve(prov: dict[str, Any]) -> list[dict[str, Any]]:
+    """The whole learning curve of a distillation from its provenance: when it continued an earlier one
+    (``pretrain --init``, provenance key ``init``), the earlier curve first and then this run's, its steps
+    counted on from the earlier run's ``total_steps``.  Each point is marked with its ``run`` (0 = first)."""
+    init = prov.get("init")
+    earlier = learning_curve(init) if isinstance(init, dict) and "curve" in init else []
+    offset = int(init.get("total_steps", 0)) if isinstance(init, dict) else 0
+    run = (max(c["run"] for c in earlier) + 1) if earlier else 0
+    return earlier + [dict(c, step=int(c["step"]) + offset, run=run) for c in prov.get("curve", [])]
 
 
 def half_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

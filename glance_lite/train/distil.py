@@ -302,7 +302,8 @@ def distil(
         "init": None if init_prov is None else {
             "name": init_prov["name"], "sha256": init_prov["sha256"],
             "total_steps": int(init_prov.get("total_steps", init_prov["steps"])),
-            "heldout": init_prov.get("heldout"), "curve": init_prov.get("curve", [])},
+            "heldout": init_prov.get("heldout"), "curve": init_prov.get("curve", []),
+            **({"init": init_prov["init"]} if init_prov.get("init") else {})},
         "lambda_k": preset.lambda_k,
         "lambda_c": preset.lambda_c,
         "weight_decay": preset.weight_decay,

@@ -365,21 +365,21 @@ def pretrain_local(
     trainer = LocalTrainer(preset, t.dim, device)
     t.to(trainer.device)
     if preset.pretrained == "shipped" and corpus_folder is None:
-        from ..models.shipped import find_shipped, load_shipped
+        from ..models.shipped import find_shipped, learning_curve, load_shipped
 
         found = find_shipped(preset.patch_size, preset.descriptor_dim, t.name, preset.teacher_input_size)
         if found is not None:
             state, prov = load_shipped(found)
             trainer.load_state(state)
             trainer.source = {"kind": "shipped", "file": found.name, "sha256": prov["sha256"],
-                              "steps": prov.get("steps"), "heldout": prov.get("heldout")}
+                              "steps": prov.get("total_steps", prov.get("steps")), "heldout": prov.get("heldout")}
             records = [{"loss": c["train_distillation"] + c["train_compactness"], "distillation": c["train_distillation"],
                         "compactness": c["train_compactness"], "heldout_distillation": c["heldout_distillation"],
                         "heldout_compactness": c["heldout_compactness"], "step": c["step"]}
-                       for c in prov.get("curve", [])]  # one record per evaluation of the long run
+                       for c in learning_curve(prov)]  # one record per evaluation of the long run(s)
             hist = StageHistory("pretrain", records, float(prov.get("seconds", 0.0)))
             if progress:
-                print(f"Local-Net: shipped weights {found.name} ({prov.get('steps')} distillation steps)")
+                print(f"Local-Net: shipped weights {found.name} ({prov.get('total_steps', prov.get('steps'))} distillation steps)")
             return trainer, hist, t.name
         if progress:
             print(f"Local-Net: no shipped weights for p={preset.patch_size}, {t.name} at "
