@@ -110,4 +110,12 @@ def test_seed_repeats_are_grouped_and_summarised():
     assert df.loc["mesh", ("over seeds", "worst glance − TS")] == pytest.approx(0.734 - 0.749)
     assert df.loc["mesh", ("over seeds", "glance − TS")] == pytest.approx((0.008 - 0.015 + 0.01) / 3)
     assert df.loc["bottle", ("over seeds", "TS")] == pytest.approx((0.903 + 0.920) / 2)
+    # the mean over the sources every seed finished (only mesh here: one source makes no mean row)
+    assert not any(str(i).startswith("mean") for i in df.index)
+    val["cpu-seed2"]["rows"].append({"source": "bottle", "status": "ok", "AU-PRO": 0.95, "ts_AU-PRO": 0.98})
+    df = book_tables.validation_seeds(val, "cpu")
+    mean = df.loc["mean (2 sources)"]
+    assert mean[("seed 2", "glance")] == pytest.approx((0.80 + 0.95) / 2)
+    assert mean[("seed 1", "TS")] == pytest.approx((0.749 + 0.920) / 2)
+    assert mean[("over seeds", "glance ≥ TS")] == "2 / 3"
     assert book_tables.validation_seeds({"cpu": val["cpu"]}, "cpu").empty

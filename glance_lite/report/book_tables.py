@@ -201,7 +201,9 @@ def seed_repeats(val: dict[str, dict[str, Any]]) -> dict[str, str]:
 def validation_seeds(val: dict[str, dict[str, Any]], base: str) -> Any:
     """AU-PRO of glance-lite and TS per validation source (rows) for ``base`` and each of its seed repeats
     (:func:`seed_repeats`), then, over the seeds a source has: the means, the mean and the worst of
-    glance − TS, and on how many seeds glance-lite is at least TS.  Empty when ``base`` has no repeat."""
+    glance − TS, and on how many seeds glance-lite is at least TS.  A last row averages the sources that every
+    seed finished, seed by seed (how far a variant's *mean* moves between seeds).  Empty when ``base`` has
+    no repeat."""
     pd = _pd()
     rep = seed_repeats(val)
     names = [base] + sorted((n for n, b in rep.items() if b == base),
@@ -228,6 +230,17 @@ def validation_seeds(val: dict[str, dict[str, Any]], base: str) -> Any:
         d[("over seeds", "glance ≥ TS")] = f"{sum(x >= 0 for x in diffs)} / {len(diffs)}"
     df = pd.DataFrame.from_dict(table, orient="index")
     seeds = sorted({c[0] for c in df.columns if c[0] != "over seeds"}, key=lambda c: int(c.split()[1]))
+    full = df.dropna(subset=[(s, k) for s in seeds for k in ("glance", "TS")])  # sources every seed finished
+    if len(full) > 1:  # the mean over those sources, per seed and over seeds
+        m: dict[Any, Any] = {(s, k): float(full[(s, k)].mean()) for s in seeds for k in ("glance", "TS")}
+        diffs = [m[(s, "glance")] - m[(s, "TS")] for s in seeds]
+        m.update({("over seeds", "n"): len(seeds),
+                  ("over seeds", "glance"): float(np.mean([m[(s, "glance")] for s in seeds])),
+                  ("over seeds", "TS"): float(np.mean([m[(s, "TS")] for s in seeds])),
+                  ("over seeds", "glance − TS"): float(np.mean(diffs)),
+                  ("over seeds", "worst glance − TS"): min(diffs),
+                  ("over seeds", "glance ≥ TS"): f"{sum(x >= 0 for x in diffs)} / {len(diffs)}"})
+        df.loc[f"mean ({len(full)} sources)"] = pd.Series(m)
     cols = [(s, k) for s in seeds for k in ("glance", "TS") if (s, k) in df.columns]
     cols += [c for c in df.columns if c[0] == "over seeds"]
     df = df[cols]
