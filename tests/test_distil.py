@@ -17,6 +17,15 @@ from glance_lite.train.training import pretrain_local
 TINY = DistilSettings(steps=6, n_patches=48, batch_size=8, lr=3e-4, warmup=2, n_heldout=16, eval_every=3, chunk=32)
 
 
+def _ship_to(wdir: Path, work: Path, prov: dict, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Copy a distilled pair into ``wdir`` and make it the package's shipped weights for the test."""
+    wdir.mkdir()
+    for ext in (".pt", ".json"):
+        (wdir / f"{prov['name']}{ext}").write_bytes((work / f"{prov['name']}{ext}").read_bytes())
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", wdir)
+    return wdir
+
+
 @pytest.fixture(scope="module")
 def distilled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("distil")
@@ -53,11 +62,7 @@ def test_rerun_resumes_without_recomputing(distilled: tuple[Path, dict], monkeyp
 def test_fit_starts_from_shipped_weights(distilled: tuple[Path, dict], tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     work, prov = distilled
-    wdir = tmp_path / "weights"
-    wdir.mkdir()
-    for ext in (".pt", ".json"):
-        (wdir / f"{prov['name']}{ext}").write_bytes((work / f"{prov['name']}{ext}").read_bytes())
-    monkeypatch.setattr(shipped, "WEIGHTS_DIR", wdir)
+    _ship_to(tmp_path / "weights", work, prov, monkeypatch)
     monkeypatch.setattr(teachers, "teacher_features", lambda *a, **k: (_ for _ in ()).throw(AssertionError("distilled")))
     p = get_preset("smoke", pretrained="shipped")
     trainer, hist, _ = pretrain_local(p, progress=False, out_dir=tmp_path / "pre")
@@ -204,11 +209,7 @@ def test_fit_refuses_a_run_made_from_other_shipped_weights(distilled: tuple[Path
     from test_cli import _tiny_dataset
 
     work, prov = distilled
-    wdir = tmp_path / "weights"
-    wdir.mkdir()
-    for ext in (".pt", ".json"):
-        (wdir / f"{prov['name']}{ext}").write_bytes((work / f"{prov['name']}{ext}").read_bytes())
-    monkeypatch.setattr(shipped, "WEIGHTS_DIR", wdir)
+    wdir = _ship_to(tmp_path / "weights", work, prov, monkeypatch)
     monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
     root = _tiny_dataset(tmp_path / "ds")
     p = get_preset("smoke", pretrained="shipped")
