@@ -73,6 +73,10 @@ def test_validation_tables_match_the_files():
             assert lev.loc[label, "TS AU-PRO"] == v["mean"]["ts_AU-PRO"]
         # what the variant changes is named, image size included (a variant may change only that)
         assert lev.loc[label, "image, Local-Net"].startswith(f"{v['preset_fields']['image_size']} px, ")
+        # and so is a joint stage with its own learning rate or schedule, and only such a one
+        f = v["preset_fields"]
+        own_lr = f.get("global_lr") is not None or f.get("global_schedule", "constant") != "constant"
+        assert (" lr " in lev.loc[label, "joint steps × holes, DAD negatives"]) == own_lr
     src = book_tables.validation_sources(val)
     for name, v in val.items():
         if name in repeats:

@@ -113,6 +113,10 @@ def test_set_overrides_are_typed_and_checked():
                          "max_test_images=none", "teacher=efficientnet_lite0"])
     assert o == {"global_steps": 30, "lr": 1e-4, "global_channels": (8, 8, 16, 16, 16, 32, 32),
                  "max_test_images": None, "teacher": "efficientnet_lite0"}
+    # an optional float field takes a float, or none
+    assert parse_overrides(["global_lr=1e-3", "global_schedule=cosine"]) == {"global_lr": 1e-3,
+                                                                          "global_schedule": "cosine"}
+    assert parse_overrides(["global_lr=none"]) == {"global_lr": None}
     assert parse_overrides(["pretrained=none", "score_norm=position"]) == {"pretrained": "none",
                                                                              "score_norm": "position"}
     for bad in (["global_step=3"], ["global_steps"], ["global_steps=lots"], ["name=x"], ["patch_size=none"],

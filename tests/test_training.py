@@ -7,7 +7,7 @@ import torch
 
 from glance_lite.models.model import GlanceModel
 from glance_lite.common.presets import get_preset
-from glance_lite.train.training import LocalTrainer, crop_patches, train_global
+from glance_lite.train.training import LocalTrainer, crop_patches, joint_lr, train_global
 
 
 def _images(n=6, s=48, seed=0):
@@ -33,9 +33,10 @@ def test_crop_patches_matches_slicing():
         assert torch.equal(out[k], x[i, :, t : t + 7, l : l + 7])
 
 
-@pytest.mark.parametrize("holes", [1, 4])
-def test_global_stage_resumes_exactly(tmp_path, holes):
-    p = get_preset("smoke").replace(global_steps=6, checkpoint_every=2, global_holes=holes)
+@pytest.mark.parametrize("holes,schedule", [(1, "constant"), (4, "constant"), (1, "cosine")])
+def test_global_stage_resumes_exactly(tmp_path, holes, schedule):
+    p = get_preset("smoke").replace(global_steps=6, checkpoint_every=2, global_holes=holes,
+                                    global_schedule=schedule)
     imgs = _images()
     # uninterrupted
     m1 = _model(p)
@@ -213,3 +214,45 @@ def test_later_training_fields_keep_old_run_keys():
     assert same_preset(old, p) and not same_preset(old, p.replace(dad_negatives="stain+swap"))
     with pytest.raises(ValueError, match="dad_negatives"):
         p.replace(dad_negatives="swap")
+
+
+def test_later_joint_stage_schedule_fields_keep_old_run_keys():
+    from glance_lite.common.presets import same_local_net, same_preset, training_fields
+
+    p = get_preset("cpu")
+    assert "global_lr" not in training_fields(p) and "global_schedule" not in training_fields(p)
+    q = p.replace(global_lr=1e-3, global_schedule="cosine")
+    assert training_fields(q)["global_lr"] == 1e-3 and training_fields(q)["global_schedule"] == "cosine"
+    assert same_local_net(p, q)                      # a joint-stage lever: the TS baseline is shared
+    old = p.to_dict()
+    old.pop("global_lr"), old.pop("global_schedule")  # a results file written before the fields existed
+    assert same_preset(old, p) and not same_preset(old, q)
+    with pytest.raises(ValueError, match="global_schedule"):
+        p.replace(global_schedule="linear")
+    with pytest.raises(ValueError, match="global_lr"):
+        p.replace(global_lr=0.0)
+
+
+def test_joint_stage_follows_its_learning_rate_schedule(tmp_path, monkeypatch):
+    # the rate Adam actually used at each step: constant at lr by default; with global_schedule="cosine"
+    # and global_lr, a warm-up to global_lr, then a decay to a tenth of it at the last step
+    used: list[float] = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *a, **k):
+        used.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    base = get_preset("smoke").replace(global_steps=40, checkpoint_every=100)
+    train_global(_model(base), _images(), tmp_path / "const", progress=False)
+    assert used == [base.lr] * 40
+    used.clear()
+    p = base.replace(global_lr=1e-3, global_schedule="cosine")
+    train_global(_model(p), _images(), tmp_path / "cos", progress=False)
+    assert len(used) == 40
+    assert used[0] == pytest.approx(1e-3 / 2)          # warm-up: 5 % of 40 steps = 2 steps
+    assert max(used) == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(used[1:], used[2:]))   # then it only decays
+    assert used[-1] == pytest.approx(1e-4, rel=0.05)   # to about a tenth at the last step
+    assert [joint_lr(p)(s) for s in range(40)] == pytest.approx(used)

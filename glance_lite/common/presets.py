@@ -99,6 +99,14 @@ class Preset:
     """Weight of l_DAD in Eq. 10. ours (paper gives no value)."""
     global_steps: int = 30_000
     """Optimiser steps of joint Global-Net + DAD training. ours."""
+    global_lr: float | None = None
+    """Peak Adam learning rate of the joint Global-Net + DAD stage (Eq. 10). ``None``: ``lr``, as in every
+    run before this field existed. ours."""
+    global_schedule: str = "constant"
+    """Learning-rate schedule of the joint stage: ``constant`` (the rate above throughout, as the
+    re-implementation does) or ``cosine`` (a linear warm-up over the first 5 % of ``global_steps``, then
+    a cosine decay to a tenth of the rate at the last step; :mod:`glance_lite.train.schedule`). reimpl:
+    constant; ours for cosine."""
     global_holes: int = 1
     """Holes per training image per joint step. 1: one masked copy per sample, as the paper describes.
     K > 1: each step takes ``batch_size`` images and K holes in each, computed with the exact
@@ -152,6 +160,8 @@ class Preset:
         if bad or len(set(self.extra_patch_sizes)) != len(self.extra_patch_sizes):
             raise ValueError(f"preset field extra_patch_sizes={self.extra_patch_sizes}: distinct sizes among "
                              f"17, 33, 65, other than patch_size={self.patch_size}")
+        if self.global_lr is not None and not self.global_lr > 0:
+            raise ValueError(f"preset field global_lr={self.global_lr}: must be positive (or None for lr)")
         if self.global_holes < 1:
             raise ValueError(f"preset field global_holes={self.global_holes}: must be at least 1")
 
@@ -184,13 +194,13 @@ EVALUATION_FIELDS: tuple[str, ...] = ("lambda_s", "score_stride", "idw_power", "
 (``fit`` resumes, ``evaluate`` takes them from the preset it is given)."""
 
 
-LATER_FIELDS: dict[str, Any] = {"dad_negatives": "stain"}
+LATER_FIELDS: dict[str, Any] = {"dad_negatives": "stain", "global_lr": None, "global_schedule": "constant"}
 """Training fields added after runs were first keyed, with the value every earlier run had: they are
 left out of :func:`training_fields` at that value, so that adding them renames no earlier run."""
 
 
 JOINT_STAGE_FIELDS: tuple[str, ...] = ("global_channels", "global_strides", "dad_hidden", "lambda_t", "global_steps",
-                                       "global_holes", "dad_negatives")
+                                       "global_holes", "dad_negatives", "global_lr", "global_schedule")
 """Training fields that only change the joint Global-Net + DAD stage (Eq. 10), never the Local-Net: two
 presets that differ only in these (and in :data:`EVALUATION_FIELDS`) share the Local-Net, and so the
 TS baseline, which is trained on the Local-Net alone."""
@@ -227,6 +237,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "score_norm": ("none", "zscore", "position"),
     "iad_metric": ("euclidean", "mahalanobis"),
     "dad_negatives": ("stain", "stain+swap"),
+    "global_schedule": ("constant", "cosine"),
 }
 """The allowed values of the preset's string fields that are choices (checked on construction)."""
 
@@ -333,6 +344,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     ``ValueError`` naming it.
     """
     fields = {f.name for f in dataclasses.fields(Preset)}
+    annotations = {f.name: f.type for f in dataclasses.fields(Preset)}
     base = PRESETS["paper"]
     out: dict[str, Any] = {}
     for item in items or []:
@@ -361,8 +373,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
                 value = tuple(kind(v) for v in raw.split(",") if v.strip())
             elif isinstance(default, float):
                 value = float(raw)
-            elif isinstance(default, int) or default is None:
+            elif isinstance(default, int):
                 value = int(raw)
+            elif default is None:  # an optional number: its annotation says which kind
+                value = float(raw) if "float" in str(annotations[key]) else int(raw)
             else:
                 value = raw
         except ValueError as e:

@@ -246,6 +246,14 @@ def validation_seeds(val: dict[str, dict[str, Any]], base: str) -> Any:
     return df
 
 
+def _joint_lr(f: dict[str, Any]) -> str:
+    """", lr 0.001 cosine" when a variant's joint stage has its own learning rate or schedule; else ""."""
+    lr, sched = f.get("global_lr"), f.get("global_schedule", "constant")
+    if lr is None and sched == "constant":
+        return ""
+    return f", lr {f['lr'] if lr is None else lr:g} {sched}"
+
+
 def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
     """One row per validated preset variant: what it changes and its mean AU-PRO against TS's.
     Seed repeats (:func:`seed_repeats`) are left out: :func:`validation_seeds` shows them."""
@@ -265,7 +273,7 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
         weights = f" ({ln[:8]})" if ln and f.get("pretrained") == "shipped" and ln != "mixed" else ""
         out.append({"variant": name, "image, Local-Net": f"{f['image_size']} px, {f.get('pretrained')} p{patch}{weights}",
                     "joint steps × holes, DAD negatives": f"{f['global_steps']} × {f.get('global_holes', 1)}, "
-                                                          f"{f.get('dad_negatives', 'stain')}",
+                                                          f"{f.get('dad_negatives', 'stain')}{_joint_lr(f)}",
                     "IAD, λ_s": f"{'whitened' if f.get('iad_metric') == 'mahalanobis' else 'Eq. 11'}, {f.get('lambda_s'):g}",
                     "sources": m["n_sources"],
                     "AU-PRO": m["AU-PRO"], "TS AU-PRO": m["ts_AU-PRO"], "glance − TS": m["glance_minus_ts_AU-PRO"],

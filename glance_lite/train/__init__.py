@@ -2,6 +2,8 @@
 
 * :mod:`.training` -- Local-Net distillation and fine-tuning (Eq. 1-4), then the joint Global-Net + DAD
   training (Eq. 10); ``fit`` writes a run folder.
+* :mod:`.schedule` -- the learning-rate schedule (warm-up, cosine decay) of the distillation and,
+  when the preset asks for it, of the joint stage.
 * :mod:`.distil`   -- the long Local-Net distillation that ships with the package (``glance-lite
   pretrain``; chapter 01).
 

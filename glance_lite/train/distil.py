@@ -29,7 +29,6 @@ Defined in :doc:`/notebooks/01_local_net` and :doc:`/book/running`.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from ..common.fileio import GlanceError, atomic_write_bytes, atomic_write_json, 
 from ..models.local_net import local_loss
 from ..common.presets import Preset, hardware_info
 from ..models.shipped import WEIGHTS_DIR, half_state, sha256_file, weights_name
+from .schedule import lr_schedule
 from .training import LocalTrainer, git_commit
 
 __all__ = ["DistilSettings", "lr_schedule", "split_corpus", "distil", "heldout_losses", "distillation_floor"]
@@ -66,14 +66,6 @@ class DistilSettings(dict):
             raise GlanceError(f"distillation settings must be positive: {dict(self)}")
         if self["heldout_every"] < 2:
             raise GlanceError("heldout_every must be at least 2 (one photograph in heldout_every is held out)")
-
-
-def lr_schedule(step: int, steps: int, lr: float, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then a cosine decay from ``lr`` to ``lr / 10`` at ``steps``."""
-    if warmup > 0 and step < warmup:
-        return lr * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, steps - warmup))
-    return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
 def split_corpus(names: list[str], heldout_every: int) -> tuple[list[int], list[int]]:

@@ -45,6 +45,7 @@ from ..models.local_net import Decoder, LocalNet, compactness_loss
 from ..models.model import GlanceModel
 from ..common.presets import Preset, hardware_info, training_fields
 from ..data.stains import add_stain
+from .schedule import lr_schedule, warmup_steps
 
 __all__ = [
     "StageHistory",
@@ -55,6 +56,7 @@ __all__ = [
     "pretrain_local",
     "finetune_local",
     "grid_local_cache",
+    "joint_lr",
     "train_global",
     "fit",
     "git_commit",
@@ -480,6 +482,18 @@ def _finished(ckpt: Path, n_steps: int) -> bool:
     return ckpt.is_file() and int(load_torch(ckpt)["step"]) >= n_steps
 
 
+def joint_lr(preset: Preset) -> Callable[[int], float]:
+    """The learning rate of each step of the joint stage: ``global_lr`` (or ``lr``), constant or with
+    the warm-up and cosine decay of :func:`glance_lite.train.schedule.lr_schedule`
+    (``global_schedule``)."""
+    peak = float(preset.lr if preset.global_lr is None else preset.global_lr)
+    if preset.global_schedule == "constant":
+        return lambda step: peak
+    steps = int(preset.global_steps)
+    warm = warmup_steps(steps)
+    return lambda step: lr_schedule(step, steps, peak, warm)
+
+
 def train_global(
     model: GlanceModel,
     train_images: torch.Tensor,
@@ -501,6 +515,8 @@ def train_global(
     from the exact incremental Global-Net
     (:func:`glance_lite.models.fast_features.global_features_incremental`, differentiable): one full pass
     per image plus a small window per hole, instead of one full pass per hole.
+
+    Adam's learning rate follows :func:`joint_lr` (``global_lr``, ``global_schedule``).
     """
     p = model.preset
     model.freeze_local()
@@ -510,7 +526,8 @@ def train_global(
     N, _, H, W = train_images.shape
     P = p.patch_size
     params = list(model.global_net.parameters()) + list(model.dad.parameters())
-    opt = torch.optim.Adam(params, lr=p.lr, weight_decay=p.weight_decay)
+    lr = joint_lr(p)
+    opt = torch.optim.Adam(params, lr=lr(0), weight_decay=p.weight_decay)
 
     ckpt = run_dir / "checkpoints" / "global.pt"
     if local_cache is None and not _finished(ckpt, p.global_steps):  # a finished stage needs no features
@@ -525,6 +542,8 @@ def train_global(
     _check_batch(p.batch_size, ctx, "global")
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
+        for group in opt.param_groups:  # a pure function of the step: a resumed stage continues exactly
+            group["lr"] = lr(step)
         g, rng = step_generators(p.seed, "global", step)
         if K == 1:
             B = p.batch_size
