@@ -23,7 +23,6 @@ import argparse
 import functools
 import http.server
 import os
-import re
 import shutil
 import sys
 import threading

@@ -25,7 +25,7 @@ import dataclasses
 import json
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Preset", "PRESETS", "EVALUATION_FIELDS", "LATER_FIELDS", "JOINT_STAGE_FIELDS", "training_fields", "same_preset", "same_local_net", "get_preset", "parse_overrides",
