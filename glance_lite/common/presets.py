@@ -260,7 +260,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 #: mesh 0.775 -> 0.785, held-out screw 0.920 -> 0.941) and lambda_s = 0.8 stayed best.  It adds about
 #: 4 minutes per category on an idle 2-core machine, inside the budget (``glance-lite validate ... --set
 #: global_steps=3000``; chapter 08).  Two other joint-stage levers were not taken: ``dad_negatives =
-#: "stain+swap"`` (mean 0.895) and ``global_holes = 4`` (over the budget, see that field).
+#: "stain+swap"`` (mean 0.895) and ``global_holes = 4`` (over the budget, see that field); nor, later, a
+#: schedule for the joint stage (``global_lr=1e-3, global_schedule="cosine"``: mean 0.908 against 0.909,
+#: every source within 0.007).
 #: Its patch size stays 33: 17-pixel patches (a shipped Local-Net exists for them) were better on
 #: the offline ``mesh`` (0.732 against 0.591) but far worse on held-out ``screw`` (0.635 against 0.880),
 #: and multi-scale 17 + 33 costs twice a category (chapter 08).
