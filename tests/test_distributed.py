@@ -199,7 +199,11 @@ def test_torchrun_fit_writes_one_run_equal_to_a_single_process_fit(tmp_path):
     b = torch.load(tmp_path / "two" / "model.pt", weights_only=True)
     for net in ("local_net", "global_net", "dad"):
         for k, v in a[net].items():
-            torch.testing.assert_close(v, b[net][k], rtol=1e-4, atol=1e-5, msg=f"{net}.{k}")
+            # atol 1e-4, a third of one Adam step at the smoke lr (3e-4), as in the per-stage test above:
+            # Adam divides by sqrt(v), so a gradient that is nearly zero turns the rounding of a
+            # two-rank all-reduce into up to a whole step on that weight (1.7e-5 on some CPUs); a
+            # sharding error moves the weights by many steps
+            torch.testing.assert_close(v, b[net][k], rtol=1e-4, atol=1e-4, msg=f"{net}.{k}")
     cfg = json.loads((tmp_path / "two" / "config.json").read_text())
     assert cfg["ranks"] == 2
 
