@@ -20,6 +20,7 @@ import numpy as np
 
 from .paper_tables import (MVTEC_CATEGORIES, TABLE1_PRO, TABLE2_PIXEL_AUROC, TABLE4_LAMBDA_PRO,
                            TEXTURES, category_key)
+from ..common.presets import PRESETS
 from ..experiments.reproduce import load_patchcore, pro_by_lambda
 from ..experiments.validation import local_net_id, same_weights, ts_lenders
 
@@ -246,6 +247,12 @@ def validation_seeds(val: dict[str, dict[str, Any]], base: str) -> Any:
     return df
 
 
+def _stride(f: dict[str, Any]) -> str:
+    """", stride 2" when a variant scores on another raster stride than the ``cpu`` preset; else ""."""
+    st = f.get("score_stride", PRESETS["cpu"].score_stride)
+    return "" if st == PRESETS["cpu"].score_stride else f", stride {st}"
+
+
 def _joint_lr(f: dict[str, Any]) -> str:
     """", lr 0.001 cosine" when a variant's joint stage has its own learning rate or schedule; else ""."""
     lr, sched = f.get("global_lr"), f.get("global_schedule", "constant")
@@ -274,7 +281,8 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
         out.append({"variant": name, "image, Local-Net": f"{f['image_size']} px, {f.get('pretrained')} p{patch}{weights}",
                     "joint steps × holes, DAD negatives": f"{f['global_steps']} × {f.get('global_holes', 1)}, "
                                                           f"{f.get('dad_negatives', 'stain')}{_joint_lr(f)}",
-                    "IAD, λ_s": f"{'whitened' if f.get('iad_metric') == 'mahalanobis' else 'Eq. 11'}, {f.get('lambda_s'):g}",
+                    "IAD, λ_s": f"{'whitened' if f.get('iad_metric') == 'mahalanobis' else 'Eq. 11'}, {f.get('lambda_s'):g}"
+                                f"{_stride(f)}",
                     "sources": m["n_sources"],
                     "AU-PRO": m["AU-PRO"], "TS AU-PRO": m["ts_AU-PRO"], "glance − TS": m["glance_minus_ts_AU-PRO"],
                     "worst glance − TS": min((r.get("glance_minus_ts_AU-PRO") for r in v["rows"]
