@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from glance_lite.experiments import chapters
 from glance_lite.common.presets import get_preset
 

@@ -347,8 +347,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     optional field, and comma-separated tuples.  An unknown field or a value of the wrong type raises
     ``ValueError`` naming it.
     """
-    fields = {f.name for f in dataclasses.fields(Preset)}
     annotations = {f.name: f.type for f in dataclasses.fields(Preset)}
+    fields = set(annotations)
     base = PRESETS["paper"]
     out: dict[str, Any] = {}
     for item in items or []:

@@ -107,6 +107,7 @@ def run_stage(
     extra: dict[str, Any] | None = None,
     precision: Precision | None = None,
     dist: DistContext | None = None,
+    lr_at: Callable[[int], float] | None = None,
 ) -> StageHistory:
     """Run ``step_fn(step)`` for steps ``[start, n_steps)``, resuming from ``ckpt_path`` if present.
 
@@ -115,7 +116,9 @@ def run_stage(
     many steps (used to test resuming).  ``extra`` tensors are stored in, and checked against, the
     checkpoint (e.g. feature normalisation statistics).  ``precision``
     (:class:`glance_lite.common.devices.Precision`) runs ``step_fn`` under autocast and scales the loss; the
-    default is float32.  Only the logged losses are copied back to the CPU in a step.
+    default is float32.  Only the logged losses are copied back to the CPU in a step.  ``lr_at(step)``,
+    when given, sets the optimiser's learning rate before each step (a pure function of the step, so a
+    resumed stage continues exactly); otherwise the optimiser keeps its own.
 
     Data-parallel (``dist``, default :func:`glance_lite.common.distributed.current`): ``step_fn`` returns this
     rank's *contributions* (they sum over the ranks to the single-process losses, see
@@ -171,6 +174,9 @@ def run_stage(
     done_here = 0
     t0 = time.perf_counter()
     for step in range(start, n_steps):
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = float(lr_at(step))
         with prec.autocast():
             losses = step_fn(step)
         optimizer.zero_grad(set_to_none=True)
@@ -274,9 +280,6 @@ class LocalTrainer:
         _check_batch(B, ctx, stage)
 
         def step_fn(step: int) -> dict[str, torch.Tensor]:
-            if lr_at is not None:
-                for group in opt.param_groups:
-                    group["lr"] = float(lr_at(step))
             g, _ = step_generators(p.seed, stage, step)
             idx = torch.randint(n, (B,), generator=g)[shard(B, ctx)]  # this rank's share of the global batch
             z = self.local_net(to_device(patches[idx], dev, torch.float32))
@@ -299,6 +302,7 @@ class LocalTrainer:
             stop_after=stop_after,
             progress=progress,
             precision=Precision(dev, p.mixed_precision),
+            lr_at=lr_at,
         )
 
     def save(self, path: Path) -> None:
@@ -542,8 +546,6 @@ def train_global(
     _check_batch(p.batch_size, ctx, "global")
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
-        for group in opt.param_groups:  # a pure function of the step: a resumed stage continues exactly
-            group["lr"] = lr(step)
         g, rng = step_generators(p.seed, "global", step)
         if K == 1:
             B = p.batch_size
@@ -611,6 +613,7 @@ def train_global(
         stop_after=stop_after,
         progress=progress,
         precision=Precision(dev, p.mixed_precision),
+        lr_at=lr,
     )
 
 
