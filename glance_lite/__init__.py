@@ -4,7 +4,7 @@ One module per idea, grouped by stage; data flows one way, each stage importing 
 above it (checked by ``tests/test_layering.py``)::
 
     common       paths, fileio, devices, distributed, presets, figures
-    data         mvtec, offline_data, cifar, corpus, download, stains
+    data         mvtec, offline_data, cifar, corpus, debian_photos, download, stains
     models       teachers, local_net (Eq. 1-4), partial_conv (Eq. 5), global_net (Eq. 6),
                  heads (Eq. 7-9, 11-13), fast_features (Eq. 4-6 on a grid), model, shipped
     train        training (Eq. 3, 10), distil

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--out", required=True)
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("--size", type=int, default=256)
+    dp = dsub.add_parser("debian-photos", help="the 50 photographs of pretrain's --extra-corpus, from Debian packages")
+    dp.add_argument("--out", required=True, help="folder to write (e.g. data/corpus/debian)")
+    dp.add_argument("--debs", default=None, help="folder already holding the .deb files (default: apt-get download)")
     dl = dsub.add_parser("download", help="download MVTec AD (online users)")
     dl.add_argument("dataset", choices=["mvtec"])
     dl.add_argument("--out", required=True)
@@ -117,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--patch-size", type=int, default=None, choices=[17, 33, 65],
                     help="patch side of the Local-Net (default: the preset's)")
     pt.add_argument("--corpus", default=None, help="ImageNet-style folder (default: the bundled photographs)")
+    pt.add_argument("--extra-corpus", default=None,
+                    help="folder of further photographs for the training split only (the held-out photographs "
+                         "stay --corpus's, so held-out l_k stays comparable)")
     pt.add_argument("--steps", type=int, default=5_000)
     pt.add_argument("--patches", type=int, default=60_000, help="training patches (teacher features cached)")
     pt.add_argument("--batch-size", type=int, default=64)
@@ -230,6 +236,12 @@ def _run(args: argparse.Namespace) -> int:
             root = make_offline(args.out, seed=args.seed, size=args.size, progress=True)
             print(root)
             return 0
+        if args.data_cmd == "debian-photos":
+            from .data.debian_photos import fetch_debian_photos
+
+            files = fetch_debian_photos(args.out, debs=args.debs)
+            print(json.dumps({"out": args.out, "n_photos": len(files)}))
+            return 0
         if args.data_cmd == "download":
             from .data.download import download_mvtec
 
@@ -250,7 +262,7 @@ def _run(args: argparse.Namespace) -> int:
         print(describe(p), file=sys.stderr)
         prov = distil(p, args.out, st, teacher=args.teacher, corpus_folder=args.corpus, ship=args.ship,
                       progress=not args.quiet, command="glance-lite " + " ".join(sys.argv[1:]), device=args.device,
-                      init=args.init)
+                      init=args.init, extra_corpus=args.extra_corpus)
         print(json.dumps({k: prov[k] for k in ("name", "steps", "heldout", "final", "size_bytes", "sha256")}))
         return 0
     if args.cmd == "fit":

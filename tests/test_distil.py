@@ -227,3 +227,38 @@ def test_fit_refuses_a_run_made_from_other_shipped_weights(distilled: tuple[Path
     (wdir / f"{prov['name']}.json").write_text(json.dumps(meta))
     with pytest.raises(GlanceError, match=str(run.name)):
         fit(root, "widget", run, p, progress=False)
+
+
+def test_extra_corpus_only_trains_and_keeps_the_held_out_photographs(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from glance_lite.train.distil import _corpus, extra_corpus_digest
+
+    extra = tmp_path / "more"
+    (extra / "sub").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(extra / "sub" / f"p{i}.png")
+    imgs0, names0, tr0, ho0 = _corpus(None, None, 8)
+    imgs, names, tr, ho = _corpus(None, extra, 8)
+    assert ho == ho0 and [names[i] for i in ho] == [names0[i] for i in ho0]
+    assert len(imgs) == len(imgs0) + 3 and tr == tr0 + [len(imgs0), len(imgs0) + 1, len(imgs0) + 2]
+    assert names[-3:] == ["more/sub/p0.png", "more/sub/p1.png", "more/sub/p2.png"]
+    assert int(imgs[-1].mean()) == 120
+    d = extra_corpus_digest(extra)
+    Image.fromarray(np.full((40, 50, 3), 7, np.uint8)).save(extra / "sub" / "p1.png")
+    assert extra_corpus_digest(extra) != d
+    assert DistilSettings(extra_corpus=d)["extra_corpus"] == d and "extra_corpus" not in DistilSettings()
+
+
+def test_glance_weights_points_fit_at_other_weights(distilled: tuple[Path, dict], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    work, prov = distilled
+    p = get_preset("smoke")
+    args = (p.patch_size, p.descriptor_dim, prov["teacher"], p.teacher_input_size)
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path / "empty")
+    monkeypatch.delenv("GLANCE_WEIGHTS", raising=False)
+    assert shipped.find_shipped(*args) is None and shipped.shipped_entries() == []
+    monkeypatch.setenv("GLANCE_WEIGHTS", str(work))
+    assert shipped.find_shipped(*args) == work / f"{prov['name']}.pt"
+    assert [e["sha256"] for e in shipped.shipped_entries()] == [prov["sha256"]]

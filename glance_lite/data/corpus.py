@@ -37,7 +37,7 @@ import torch
 
 from ..common.fileio import DatasetError, GlanceError
 
-__all__ = ["SKIMAGE_PHOTOS", "EXTRA_PHOTOS", "natural_images", "bundled_photo_names", "sample_patches",
+__all__ = ["SKIMAGE_PHOTOS", "EXTRA_PHOTOS", "corpus_files", "natural_images", "bundled_photo_names", "sample_patches",
            "augment_patches", "FOLDER_EXTENSIONS"]
 
 SKIMAGE_PHOTOS: tuple[str, ...] = (
@@ -158,6 +158,22 @@ def _load_file(path: Path, max_side: int | None) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
 
 
+def corpus_files(folder: str | Path) -> list[Path]:
+    """The image files of an ImageNet-style folder, searched recursively, in sorted order (hidden
+    files skipped); raises :class:`DatasetError` naming the folder when it is missing or holds none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: image folder not found")
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in FOLDER_EXTENSIONS and not p.name.startswith(".")
+    )
+    if not files:
+        raise DatasetError(f"{folder}: no .jpg/.jpeg/.png images found (searched recursively)")
+    return files
+
+
 def natural_images(
     folder: str | Path | None = None,
     max_images: int | None = 2000,
@@ -173,16 +189,7 @@ def natural_images(
     """
     if folder is None:
         return [img for _, img in _bundled_photos()]
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: image folder not found")
-    files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in FOLDER_EXTENSIONS and not p.name.startswith(".")
-    )
-    if not files:
-        raise DatasetError(f"{folder}: no .jpg/.jpeg/.png images found (searched recursively)")
+    files = corpus_files(folder)
     if max_images is not None and len(files) > max_images:
         keep = np.sort(np.random.default_rng(seed).choice(len(files), size=max_images, replace=False))
         files = [files[i] for i in keep]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,19 @@ import torch
 from ..common.fileio import GlanceError, load_torch
 from ..common.paths import package_dir
 
-__all__ = ["WEIGHTS_DIR", "weights_name", "sha256_file", "shipped_entries", "find_shipped", "load_shipped",
+__all__ = ["WEIGHTS_DIR", "weights_dir", "weights_name", "sha256_file", "shipped_entries", "find_shipped", "load_shipped",
            "learning_curve"]
 
 WEIGHTS_DIR = package_dir() / "weights"
 """Where the shipped weights and their provenance files live (package data)."""
+
+
+def weights_dir() -> Path:
+    """The folder :func:`find_shipped` reads: ``$GLANCE_WEIGHTS`` when set (to try a distillation's
+    output, e.g. ``data/pretrain/NAME``, before shipping it), else :data:`WEIGHTS_DIR`.  Every run
+    records the file it started from and its SHA-256, so runs from other weights never mix."""
+    env = os.environ.get("GLANCE_WEIGHTS")
+    return Path(env) if env else WEIGHTS_DIR
 
 
 def weights_name(patch_size: int, dim: int, teacher: str, teacher_input_size: int) -> str:
@@ -57,7 +66,7 @@ def sha256_file(path: str | Path) -> str:
 
 def shipped_entries(folder: str | Path | None = None) -> list[dict[str, Any]]:
     """The provenance dicts of every shipped weights file (each with ``path`` added)."""
-    folder = Path(folder) if folder is not None else WEIGHTS_DIR
+    folder = Path(folder) if folder is not None else weights_dir()
     out = []
     for j in sorted(folder.glob("localnet-*.json")):
         try:
@@ -72,7 +81,7 @@ def shipped_entries(folder: str | Path | None = None) -> list[dict[str, Any]]:
 def find_shipped(patch_size: int, dim: int, teacher: str, teacher_input_size: int,
                  folder: str | Path | None = None) -> Path | None:
     """The shipped weights compatible with these settings, or None."""
-    folder = Path(folder) if folder is not None else WEIGHTS_DIR
+    folder = Path(folder) if folder is not None else weights_dir()
     stem = weights_name(patch_size, dim, teacher, teacher_input_size)
     pt, js = folder / f"{stem}.pt", folder / f"{stem}.json"
     return pt if pt.is_file() and js.is_file() else None

@@ -56,12 +56,15 @@ class DistilSettings(dict):
 
     def __init__(self, steps: int = 5_000, n_patches: int = 60_000, batch_size: int = 64, lr: float = 1e-3,
                  warmup: int = 500, heldout_every: int = 8, n_heldout: int = 2_000, eval_every: int = 1_000,
-                 chunk: int = 5_000, seed: int = 0, init: str | None = None) -> None:
+                 chunk: int = 5_000, seed: int = 0, init: str | None = None,
+                 extra_corpus: str | None = None) -> None:
         super().__init__(steps=int(steps), n_patches=int(n_patches), batch_size=int(batch_size), lr=float(lr),
                          warmup=int(warmup), heldout_every=int(heldout_every), n_heldout=int(n_heldout),
                          eval_every=int(eval_every), chunk=int(chunk), seed=int(seed))
         if init is not None:  # only then, so that older provenance files still compare equal
             self["init"] = str(init)
+        if extra_corpus is not None:  # the digest of the extra photographs (see extra_corpus_digest)
+            self["extra_corpus"] = str(extra_corpus)
         if min(self["steps"], self["n_patches"], self["batch_size"], self["eval_every"], self["chunk"]) < 1:
             raise GlanceError(f"distillation settings must be positive: {dict(self)}")
         if self["heldout_every"] < 2:
@@ -186,6 +189,7 @@ def distil(
     command: str | None = None,
     device: str | torch.device | None = None,
     init: str | Path | None = None,
+    extra_corpus: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the long distillation for ``preset``'s patch size, dimension and teacher; return the provenance.
 
@@ -198,6 +202,11 @@ def distil(
     and teacher statistics are the starting point; the learning-rate schedule starts again (a warm
     restart), and the provenance records the earlier run (``init``: name, SHA-256, steps, curve) and
     the steps of both (``total_steps``).
+
+    ``extra_corpus`` is a folder of further photographs that join the *training* split only: the
+    held-out photographs stay those of ``corpus_folder`` (by default the bundled ones), so that held-out
+    l_k compares like with like between a corpus and the same corpus with more photographs.  Its digest
+    (:func:`extra_corpus_digest`) enters the settings, so a resumed run cannot mix two folders.
     """
     from ..data.corpus import natural_images
     from ..models.teachers import load_teacher
@@ -216,6 +225,8 @@ def distil(
     init_state, init_prov = _init_weights(init, preset, tch.name)
     if init_prov is not None:
         st = DistilSettings(**{**st, "init": init_prov["sha256"]})
+    if extra_corpus is not None:
+        st = DistilSettings(**{**st, "extra_corpus": extra_corpus_digest(extra_corpus)})
     prov_path, wpath = out / f"{name}.json", out / f"{name}.pt"
     if prov_path.is_file() and wpath.is_file():
         done = json.loads(prov_path.read_text())
@@ -223,9 +234,7 @@ def distil(
             if progress:
                 print(f"{wpath}: already distilled with these settings", file=sys.stderr)
             if "floor" not in done:  # provenance written before the floor was measured: add it
-                images = natural_images(corpus_folder)
-                names = _names(images, corpus_folder)
-                tr_i, ho_i = split_corpus(names, st["heldout_every"])
+                images, names, tr_i, ho_i = _corpus(corpus_folder, extra_corpus, st["heldout_every"])
                 _, y_tr = _teacher_chunks(tch, [images[i] for i in tr_i], st["n_patches"], preset.patch_size,
                                           st["seed"], st["chunk"], out / "cache", "train", progress)
                 _, y_ho = _teacher_chunks(tch, [images[i] for i in ho_i], st["n_heldout"], preset.patch_size,
@@ -236,9 +245,7 @@ def distil(
             if ship:
                 _ship(wpath, done)
             return done
-    images = natural_images(corpus_folder)
-    names = _names(images, corpus_folder)
-    train_idx, held_idx = split_corpus(names, st["heldout_every"])
+    images, names, train_idx, held_idx = _corpus(corpus_folder, extra_corpus, st["heldout_every"])
     t0 = time.perf_counter()
     cache = out / "cache"
     p_tr, y_tr = _teacher_chunks(tch, [images[i] for i in train_idx], st["n_patches"], preset.patch_size,
@@ -301,6 +308,8 @@ def distil(
         "weight_decay": preset.weight_decay,
         "corpus": {
             "source": str(corpus_folder) if corpus_folder else "bundled photographs (scikit-image, scikit-learn, matplotlib)",
+            **({"extra": {"folder": Path(extra_corpus).name, "digest": st["extra_corpus"],
+                          "n_photos": sum(n.startswith(Path(extra_corpus).name + "/") for n in names)}} if extra_corpus is not None else {}),
             "train_photos": [names[i] for i in train_idx],
             "heldout_photos": [names[i] for i in held_idx],
             "scales": list(SCALES),
@@ -326,6 +335,38 @@ def distil(
     if ship:
         _ship(wpath, prov)
     return prov
+
+
+def extra_corpus_digest(folder: str | Path) -> str:
+    """SHA-256 (first 16 hex digits) of the photographs an extra corpus folder holds: their relative
+    paths and contents, in sorted order, so that renaming or changing any one changes it."""
+    import hashlib
+
+    from ..data.corpus import corpus_files
+
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for p in corpus_files(folder):
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _corpus(corpus_folder: str | Path | None, extra_corpus: str | Path | None,
+            heldout_every: int) -> tuple[list[np.ndarray], list[str], list[int], list[int]]:
+    """Images, names, training and held-out indices: the held-out photographs are chosen among
+    ``corpus_folder``'s alone, and every photograph of ``extra_corpus`` trains."""
+    from ..data.corpus import corpus_files, natural_images
+
+    images = natural_images(corpus_folder)
+    names = _names(images, corpus_folder)
+    train_idx, held_idx = split_corpus(names, heldout_every)
+    if extra_corpus is not None:
+        extra = Path(extra_corpus)
+        more = natural_images(extra, max_images=None)
+        train_idx += list(range(len(images), len(images) + len(more)))
+        names = names + [f"{extra.name}/{p.relative_to(extra).as_posix()}" for p in corpus_files(extra)]
+        images = images + more
+    return images, names, train_idx, held_idx
 
 
 def _names(images: list[np.ndarray], corpus_folder: str | Path | None) -> list[str]:
