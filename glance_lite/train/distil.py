@@ -208,7 +208,6 @@ def distil(
     l_k compares like with like between a corpus and the same corpus with more photographs.  Its digest
     (:func:`extra_corpus_digest`) enters the settings, so a resumed run cannot mix two folders.
     """
-    from ..data.corpus import natural_images
     from ..models.teachers import load_teacher
 
     st = settings or DistilSettings()
