@@ -54,8 +54,7 @@ def test_provenance_has_no_absolute_paths(tmp_path):
 
 
 def test_validation_tables_match_the_files():
-    from glance_lite.common.presets import same_local_net
-    from glance_lite.experiments.validation import borrow_ts
+    from glance_lite.experiments.validation import borrow_ts, same_weights
 
     val = borrow_ts(load_validation())
     if not val:
@@ -84,11 +83,11 @@ def test_validation_tables_match_the_files():
             continue
         for r in v["rows"]:
             assert src.loc[r["source"], (name, "glance")] == r["AU-PRO"]
-    # TS is shown once per Local-Net: never for a variant that borrowed it
+    # TS is shown once per Local-Net (same fields *and* same starting weights): never for a variant that
+    # borrowed it
     ts_cols = [n for n, kind in src.columns if kind == "TS"]
     assert all(not any(r.get("ts_from") for r in val[n]["rows"]) for n in ts_cols)
-    assert not any(same_local_net(val[a]["preset_fields"], val[b]["preset_fields"])
-                   for i, a in enumerate(ts_cols) for b in ts_cols[i + 1:])
+    assert not any(same_weights(val[a], val[b]) for i, a in enumerate(ts_cols) for b in ts_cols[i + 1:])
 
 
 def _val(name: str, seed: int, rows: list[tuple[str, float, float]], **fields: object) -> dict:
@@ -124,3 +123,49 @@ def test_seed_repeats_are_grouped_and_summarised():
     assert mean[("seed 1", "TS")] == pytest.approx((0.749 + 0.920) / 2)
     assert mean[("over seeds", "glance ≥ TS")] == "2 / 3"
     assert book_tables.validation_seeds({"cpu": val["cpu"]}, "cpu").empty
+
+
+def test_local_nets_against_validation_pairs_weights_with_their_cpu_variant() -> None:
+    from glance_lite.common.presets import PRESETS
+    from glance_lite.report.book_tables import local_nets_against_validation
+
+    cpu = PRESETS["cpu"].to_dict()
+
+    def variant(sha: str, scores: dict[str, float], **fields: object) -> dict:
+        rows = [{"source": s, "status": "ok", "AU-PRO": a, "local_net": {"sha256": sha}} for s, a in scores.items()]
+        return {"preset_fields": {**cpu, "name": "x", **fields}, "rows": rows,
+                "mean": {"AU-PRO": float(np.mean(list(scores.values()))), "ts_AU-PRO": 0.5}}
+
+    def net(sha: str, held: float, shipped: bool, extra: dict | None = None) -> dict:
+        corpus = {"train_photos": ["a"] * 19, "heldout_photos": ["b"] * 3, **({"extra": extra} if extra else {})}
+        return {"sha256": sha, "corpus": corpus, "steps": 5000, "final": {"train_distillation": held - 0.05},
+                "heldout": {"distillation": held}, **({"_shipped": True} if shipped else {})}
+
+    val = {"cpu": variant("a" * 64, {"mesh": 0.78, "screw": 0.94}),
+           "cpu-seed1": variant("a" * 64, {"mesh": 0.10, "screw": 0.10}, seed=1),  # a repeat: not the variant
+           "cpu-i192": variant("b" * 64, {"mesh": 0.99, "screw": 0.99}, image_size=192),  # other settings
+           "cpu-new": variant("b" * 64, {"mesh": 0.68, "screw": 0.93})}
+    nets = [net("a" * 64, 0.766, True), net("b" * 64, 0.725, False, {"n_photos": 50, "folder": "debian"}),
+            net("c" * 64, 0.7, False)]
+    t = local_nets_against_validation(nets, val)
+    assert list(t["validated as"]) == ["cpu", "cpu-new", "–"]
+    assert t["AU-PRO"].iloc[0] == pytest.approx(0.86) and t["AU-PRO"].iloc[1] == pytest.approx(0.805)
+    assert t["largest loss vs shipped"].iloc[1] == "mesh: -0.100" and t["largest loss vs shipped"].iloc[0] == "–"
+    assert t["photographs (train / held out)"].iloc[1] == "19 / 3 (+50 from debian)"
+    assert np.isnan(t["AU-PRO"].iloc[2])
+
+
+def test_lever_table_names_weights_that_were_never_shipped() -> None:
+    from glance_lite.common.presets import PRESETS
+    from glance_lite.experiments.validation import LEGACY_LOCAL_NETS
+
+    shipped_sha = LEGACY_LOCAL_NETS["localnet-p33-d128-efficientnet_lite0-t96"]
+    mean = {"n_sources": 1, "AU-PRO": 0.9, "ts_AU-PRO": 0.8, "glance_minus_ts_AU-PRO": 0.1}
+
+    def variant(sha: str, date: str) -> dict:
+        return {"preset_fields": {**PRESETS["cpu"].to_dict(), "name": "x"}, "date": date, "mean": mean,
+                "rows": [{"source": "s", "status": "ok", "AU-PRO": 0.9, "local_net": {"sha256": sha}}]}
+
+    t = book_tables.validation_levers({"cpu": variant(shipped_sha, "1"), "cand": variant("f" * 64, "2")})
+    assert t.loc["cpu", "image, Local-Net"] == f"128 px, shipped p33 ({shipped_sha[:8]})"
+    assert t.loc["cand", "image, Local-Net"] == "128 px, candidate p33 (ffffffff)"

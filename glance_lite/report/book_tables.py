@@ -22,7 +22,7 @@ from .paper_tables import (MVTEC_CATEGORIES, TABLE1_PRO, TABLE2_PIXEL_AUROC, TAB
                            TEXTURES, category_key)
 from ..common.presets import PRESETS
 from ..experiments.reproduce import load_patchcore, pro_by_lambda
-from ..experiments.validation import local_net_id, same_weights, ts_lenders
+from ..experiments.validation import LEGACY_LOCAL_NETS, local_net_id, same_weights, ts_lenders
 
 __all__ = ["tables_1_and_2", "missing_note", "bar_rows", "offline_table", "table_4", "provenance_html",
            "validation_levers", "validation_sources", "validation_lambda", "seed_repeats", "validation_seeds", "STYLE"]
@@ -264,9 +264,12 @@ def _joint_lr(f: dict[str, Any]) -> str:
 def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
     """One row per validated preset variant: what it changes and its mean AU-PRO against TS's.
     Seed repeats (:func:`seed_repeats`) are left out: :func:`validation_seeds` shows them."""
+    from ..models.shipped import WEIGHTS_DIR, shipped_entries
+
     pd = _pd()
     out = []
     repeats = seed_repeats(val)
+    shipped_ids = {e["sha256"] for e in shipped_entries(WEIGHTS_DIR)} | set(LEGACY_LOCAL_NETS.values())
     for name, v in sorted(val.items(), key=lambda kv: kv[1]["date"]):
         if name in repeats:
             continue
@@ -278,7 +281,10 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
             name = f"{name} (TS of {', '.join(lent)})"
         ln = local_net_id(v)
         weights = f" ({ln[:8]})" if ln and f.get("pretrained") == "shipped" and ln != "mixed" else ""
-        out.append({"variant": name, "image, Local-Net": f"{f['image_size']} px, {f.get('pretrained')} p{patch}{weights}",
+        kind = f.get("pretrained")
+        if weights and ln not in shipped_ids:  # fitted from weights that were never shipped (GLANCE_WEIGHTS)
+            kind = "candidate"
+        out.append({"variant": name, "image, Local-Net": f"{f['image_size']} px, {kind} p{patch}{weights}",
                     "joint steps × holes, DAD negatives": f"{f['global_steps']} × {f.get('global_holes', 1)}, "
                                                           f"{f.get('dad_negatives', 'stain')}{_joint_lr(f)}",
                     "IAD, λ_s": f"{'whitened' if f.get('iad_metric') == 'mahalanobis' else 'Eq. 11'}, {f.get('lambda_s'):g}"
@@ -333,3 +339,53 @@ def validation_lambda(val: dict[str, dict[str, Any]]) -> Any:
         if sw:
             out[f"{name} (λ_s = {v['preset_fields']['lambda_s']:g})"] = sw
     return pd.DataFrame.from_dict(out, orient="index")
+
+
+def local_nets_against_validation(nets: Sequence[dict[str, Any]], val: dict[str, dict[str, Any]]) -> Any:
+    """One row per Local-Net provenance file (the shipped ones and candidates, e.g.
+    ``results/local_nets/*.json``): its corpus, steps and held-out / training l_k (Eq. 1), beside the
+    validation of the ``cpu`` settings fitted from it -- the variant whose fields are the ``cpu``
+    preset's apart from its name and seed 0, and whose rows started from these weights
+    (:func:`glance_lite.experiments.validation.local_net_id`).  Mean AU-PRO of glance-lite and of TS
+    over the sources, and the source where glance-lite lost most against the shipped Local-Net's
+    variant.  Held-out l_k is a proxy; this table shows how far it predicts what the anomaly maps do."""
+    from ..common.presets import Preset
+
+    pd = _pd()
+    base = {k: v for k, v in PRESETS["cpu"].to_dict().items() if k not in ("name", "seed")}
+
+    def variant_of(sha: str) -> tuple[str | None, dict[str, Any] | None]:
+        for name, v in sorted(val.items()):
+            # a field added after a file was written is read with its default, which is how that file ran
+            f = {k: x for k, x in Preset.from_dict(v.get("preset_fields", {})).to_dict().items()
+                 if k not in ("name", "seed")}
+            if f == base and int(v["preset_fields"].get("seed", 0)) == 0 and local_net_id(v) == sha:
+                return name, v
+        return None, None
+
+    rows, per_source = [], {}
+    for e in nets:
+        name, v = variant_of(e["sha256"])
+        if v is not None:
+            per_source[e["sha256"]] = {r["source"]: r.get("AU-PRO") for r in v["rows"] if r.get("status") == "ok"}
+        extra = (e.get("corpus") or {}).get("extra")
+        rows.append({
+            "Local-Net": f"{e['sha256'][:8]} ({'shipped' if e.get('_shipped') else 'candidate'})",
+            "photographs (train / held out)": f"{len(e['corpus']['train_photos'])} / {len(e['corpus']['heldout_photos'])}"
+                                              + (f" (+{extra['n_photos']} from {extra['folder']})" if extra else ""),
+            "steps": e.get("total_steps", e.get("steps")),
+            "training l_k": e["final"]["train_distillation"], "held-out l_k": e["heldout"]["distillation"],
+            "validated as": name or "–", "sources": len(v["rows"]) if v else None,
+            "AU-PRO": v["mean"]["AU-PRO"] if v else None, "TS AU-PRO": v["mean"].get("ts_AU-PRO") if v else None,
+            "_sha": e["sha256"]})
+    ref = next((per_source.get(e["sha256"]) for e in nets if e.get("_shipped")), None)
+    for r in rows:
+        mine = per_source.get(r["_sha"])
+        if ref and mine and mine is not ref:
+            src, d = min(((s, mine[s] - ref[s]) for s in mine if s in ref and mine[s] is not None and ref[s] is not None),
+                         key=lambda x: x[1], default=(None, None))
+            r["largest loss vs shipped"] = f"{src}: {d:+.3f}" if src else "–"
+        else:
+            r["largest loss vs shipped"] = "–"
+        del r["_sha"]
+    return pd.DataFrame(rows).set_index("Local-Net") if rows else pd.DataFrame(rows)
