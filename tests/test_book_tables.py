@@ -152,7 +152,7 @@ def test_local_nets_against_validation_pairs_weights_with_their_cpu_variant() ->
     assert t["AU-PRO"].iloc[0] == pytest.approx(0.86) and t["AU-PRO"].iloc[1] == pytest.approx(0.805)
     assert t["largest loss vs shipped"].iloc[1] == "mesh: -0.100" and t["largest loss vs shipped"].iloc[0] == "–"
     assert t["photographs (train / held out)"].iloc[1] == "19 / 3 (+50 from debian)"
-    assert np.isnan(t["AU-PRO"].iloc[2])
+    assert np.isnan(t["AU-PRO"].iloc[2]) and t["sources"].isna().iloc[2] and list(t["sources"].iloc[:2]) == [2, 2]
 
 
 def test_lever_table_names_weights_that_were_never_shipped() -> None:

@@ -388,4 +388,8 @@ def local_nets_against_validation(nets: Sequence[dict[str, Any]], val: dict[str,
         else:
             r["largest loss vs shipped"] = "–"
         del r["_sha"]
-    return pd.DataFrame(rows).set_index("Local-Net") if rows else pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if rows:
+        df["sources"] = df["sources"].astype("Int64")  # a count, "–" where a net has no validation
+        df = df.set_index("Local-Net")
+    return df
