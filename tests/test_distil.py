@@ -239,8 +239,9 @@ def test_extra_corpus_only_trains_and_keeps_the_held_out_photographs(tmp_path: P
     (extra / "sub").mkdir(parents=True)
     for i in range(3):
         Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(extra / "sub" / f"p{i}.png")
-    imgs0, names0, tr0, ho0 = _corpus(None, None, 8)
-    imgs, names, tr, ho = _corpus(None, extra, 8)
+    imgs0, names0, tr0, ho0, n0 = _corpus(None, None, 8)
+    imgs, names, tr, ho, n = _corpus(None, extra, 8)
+    assert (n0, n) == (0, 3)
     assert ho == ho0 and [names[i] for i in ho] == [names0[i] for i in ho0]
     assert len(imgs) == len(imgs0) + 3 and tr == tr0 + [len(imgs0), len(imgs0) + 1, len(imgs0) + 2]
     assert names[-3:] == ["more/sub/p0.png", "more/sub/p1.png", "more/sub/p2.png"]

@@ -28,6 +28,7 @@ Defined in :doc:`/notebooks/01_local_net` and :doc:`/book/running`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -233,7 +234,7 @@ def distil(
             if progress:
                 print(f"{wpath}: already distilled with these settings", file=sys.stderr)
             if "floor" not in done:  # provenance written before the floor was measured: add it
-                images, names, tr_i, ho_i = _corpus(corpus_folder, extra_corpus, st["heldout_every"])
+                images, names, tr_i, ho_i, _ = _corpus(corpus_folder, extra_corpus, st["heldout_every"])
                 _, y_tr = _teacher_chunks(tch, [images[i] for i in tr_i], st["n_patches"], preset.patch_size,
                                           st["seed"], st["chunk"], out / "cache", "train", progress)
                 _, y_ho = _teacher_chunks(tch, [images[i] for i in ho_i], st["n_heldout"], preset.patch_size,
@@ -244,7 +245,7 @@ def distil(
             if ship:
                 _ship(wpath, done)
             return done
-    images, names, train_idx, held_idx = _corpus(corpus_folder, extra_corpus, st["heldout_every"])
+    images, names, train_idx, held_idx, n_extra = _corpus(corpus_folder, extra_corpus, st["heldout_every"])
     t0 = time.perf_counter()
     cache = out / "cache"
     p_tr, y_tr = _teacher_chunks(tch, [images[i] for i in train_idx], st["n_patches"], preset.patch_size,
@@ -308,7 +309,7 @@ def distil(
         "corpus": {
             "source": str(corpus_folder) if corpus_folder else "bundled photographs (scikit-image, scikit-learn, matplotlib)",
             **({"extra": {"folder": Path(extra_corpus).name, "digest": st["extra_corpus"],
-                          "n_photos": sum(n.startswith(Path(extra_corpus).name + "/") for n in names)}} if extra_corpus is not None else {}),
+                          "n_photos": n_extra}} if extra_corpus is not None else {}),
             "train_photos": [names[i] for i in train_idx],
             "heldout_photos": [names[i] for i in held_idx],
             "scales": list(SCALES),
@@ -339,8 +340,6 @@ def distil(
 def extra_corpus_digest(folder: str | Path) -> str:
     """SHA-256 (first 16 hex digits) of the photographs an extra corpus folder holds: their relative
     paths and contents, in sorted order, so that renaming or changing any one changes it."""
-    import hashlib
-
     from ..data.corpus import corpus_files
 
     folder = Path(folder)
@@ -351,21 +350,22 @@ def extra_corpus_digest(folder: str | Path) -> str:
 
 
 def _corpus(corpus_folder: str | Path | None, extra_corpus: str | Path | None,
-            heldout_every: int) -> tuple[list[np.ndarray], list[str], list[int], list[int]]:
-    """Images, names, training and held-out indices: the held-out photographs are chosen among
-    ``corpus_folder``'s alone, and every photograph of ``extra_corpus`` trains."""
+            heldout_every: int) -> tuple[list[np.ndarray], list[str], list[int], list[int], int]:
+    """Images, names, training and held-out indices, and how many photographs ``extra_corpus`` added
+    (the last ones): the held-out photographs are chosen among ``corpus_folder``'s alone, and every
+    photograph of ``extra_corpus`` trains."""
     from ..data.corpus import corpus_files, natural_images
 
     images = natural_images(corpus_folder)
     names = _names(images, corpus_folder)
     train_idx, held_idx = split_corpus(names, heldout_every)
-    if extra_corpus is not None:
-        extra = Path(extra_corpus)
-        more = natural_images(extra, max_images=None)
-        train_idx += list(range(len(images), len(images) + len(more)))
-        names = names + [f"{extra.name}/{p.relative_to(extra).as_posix()}" for p in corpus_files(extra)]
-        images = images + more
-    return images, names, train_idx, held_idx
+    if extra_corpus is None:
+        return images, names, train_idx, held_idx, 0
+    extra = Path(extra_corpus)
+    more = natural_images(extra, max_images=None)
+    train_idx += list(range(len(images), len(images) + len(more)))
+    names = names + [f"{extra.name}/{p.relative_to(extra).as_posix()}" for p in corpus_files(extra)]
+    return images + more, names, train_idx, held_idx, len(more)
 
 
 def _names(images: list[np.ndarray], corpus_folder: str | Path | None) -> list[str]:
