@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .common.fileio import GlanceError
+from .common.presets import TEACHER_NAMES
 
 __all__ = ["main", "build_parser"]
 
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", required=True, help="work folder (resumes if it exists)")
     pt.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "paper"],
                     help="gives the patch size, descriptor dimension and teacher input size")
-    pt.add_argument("--teacher", default="auto", choices=["auto", "resnet18", "efficientnet_lite0"])
+    pt.add_argument("--teacher", default="auto", choices=["auto", *TEACHER_NAMES])
     pt.add_argument("--patch-size", type=int, default=None, choices=[17, 33, 65],
                     help="patch side of the Local-Net (default: the preset's)")
     pt.add_argument("--corpus", default=None, help="ImageNet-style folder (default: the bundled photographs)")
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--category", required=True)
     fit.add_argument("--out", required=True, help="run folder (resumes if it exists)")
     fit.add_argument("--preset", default=None, choices=["smoke", "cpu", "paper"])
-    fit.add_argument("--teacher", default="auto", choices=["auto", "resnet18", "efficientnet_lite0"])
+    fit.add_argument("--teacher", default="auto", choices=["auto", *TEACHER_NAMES])
     fit.add_argument("--corpus", default=None, help="ImageNet-style folder for Local-Net distillation")
     fit.add_argument("--pretrained", default=None, choices=["shipped", "none"],
                      help="start from the Local-Net shipped in the package (default for cpu) or distil here")
@@ -201,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "hazelnut toy, held-out MVTec AD bottle and screw (those present)")
     va.add_argument("--out", required=True, help="folder for held-out sets, runs and <preset>/validation.json")
     va.add_argument("--preset", default=None, choices=["smoke", "cpu", "paper"])
-    va.add_argument("--teacher", default="auto", choices=["auto", "resnet18", "efficientnet_lite0"])
+    va.add_argument("--teacher", default="auto", choices=["auto", *TEACHER_NAMES])
     va.add_argument("--results", default=None,
                     help="folder for <preset>/validation.json (default: --out), e.g. glance_lite/results/validation")
     va.add_argument("--no-ts", action="store_true", help="skip the TS (Uninformed Students) baseline")

@@ -136,3 +136,62 @@ def test_teacher_features_batches_match_one_pass(random_resnet18_file) -> None:
         ref = teacher(patches)
     assert feats.shape == (7, 512) and not feats.requires_grad
     assert torch.allclose(feats, ref, atol=1e-5)
+
+
+def test_resnet18_mid_is_pooled_layer2_and_layer3(random_resnet18_file) -> None:
+    """The mid-level variant returns torchvision's own layer2 and layer3 activations, average-pooled
+    and concatenated, read here with forward hooks on an independent copy of the network."""
+    from torchvision.models import resnet18
+
+    path, sd = random_resnet18_file
+    teacher = load_teacher("resnet18_mid", weights=path, input_size=64, verbose=False)
+    assert teacher.name == "resnet18_mid" and teacher.dim == 384
+    ref = resnet18(weights=None)
+    ref.load_state_dict(sd)
+    ref.eval()
+    seen: dict[str, torch.Tensor] = {}
+    ref.layer2.register_forward_hook(lambda m, i, o: seen.__setitem__("l2", o))
+    ref.layer3.register_forward_hook(lambda m, i, o: seen.__setitem__("l3", o))
+    torch.manual_seed(2)
+    x = torch.rand(3, 3, 33, 33)
+    resized = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        feats = teacher(x)
+        ref((resized - mean) / std)
+    expected = torch.cat([seen["l2"].mean(dim=(2, 3)), seen["l3"].mean(dim=(2, 3))], dim=1)
+    assert torch.allclose(feats, expected, atol=1e-5)
+    with pytest.raises(GlanceError, match="mid-level"):
+        teacher.classify(x)
+
+
+def test_lite0_mid_reads_the_stride_8_and_16_stages(lite: teachers.Teacher) -> None:
+    """EfficientNet-Lite0's mid-level feature: the pooled ends of stage 3 (stride 8, 40 channels) and
+    stage 5 (stride 16, 112 channels), checked with hooks on the final-feature teacher's own blocks."""
+    mid = load_teacher("efficientnet_lite0_mid", input_size=96, verbose=False)
+    assert mid.name == "efficientnet_lite0_mid" and mid.dim == 152
+    net = lite.body.net
+    seen: list[torch.Tensor] = []
+    hooks = [net._blocks[i].register_forward_hook(lambda m, i, o: seen.append(o)) for i in (4, 10)]
+    x = torch.rand(2, 3, 33, 33)
+    try:
+        with torch.no_grad():
+            lite.body(mid.preprocess(x))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert [s.shape[1:] for s in seen] == [(40, 12, 12), (112, 6, 6)]  # strides 8 and 16 of 96 px
+    expected = torch.cat([s.mean(dim=(2, 3)) for s in seen], dim=1)
+    with torch.no_grad():
+        assert torch.allclose(mid(x), expected, atol=1e-5)
+
+
+def test_unknown_teacher_names_are_refused() -> None:
+    from glance_lite.common.presets import get_preset, parse_overrides
+
+    with pytest.raises(ValueError, match="efficientnet_lite0_mid"):
+        load_teacher("efficientnet_lite0_high")
+    with pytest.raises(ValueError, match="teacher"):
+        get_preset("smoke", teacher="vgg16")
+    assert get_preset("smoke", **parse_overrides(["teacher=efficientnet_lite0_mid"])).teacher == "efficientnet_lite0_mid"

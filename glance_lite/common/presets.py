@@ -28,7 +28,7 @@ import platform
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Preset", "PRESETS", "EVALUATION_FIELDS", "LATER_FIELDS", "JOINT_STAGE_FIELDS", "training_fields", "same_preset", "same_local_net", "get_preset", "parse_overrides",
+__all__ = ["Preset", "PRESETS", "TEACHER_NAMES", "EVALUATION_FIELDS", "LATER_FIELDS", "JOINT_STAGE_FIELDS", "training_fields", "same_preset", "same_local_net", "get_preset", "parse_overrides",
            "preset_name_from_env", "hardware_info"]
 
 
@@ -64,7 +64,9 @@ class Preset:
 
     # --- teacher and Local-Net (Eq. 1-4) -------------------------------------------------------
     teacher: str = "auto"
-    """``auto``: ResNet-18 (paper) when its weights can be had, else EfficientNet-Lite0 (ours)."""
+    """``auto``: ResNet-18 (paper) when its weights can be had, else EfficientNet-Lite0 (ours).  A name
+    ending in ``_mid`` (e.g. ``efficientnet_lite0_mid``) distils the network's mid-level pooled feature
+    instead of its last one (ours; :mod:`glance_lite.models.teachers`)."""
     teacher_input_size: int = 224
     """Side the patch is resized to before the teacher sees it. ours (ImageNet resolution)."""
     descriptor_dim: int = 128
@@ -234,7 +236,12 @@ def training_fields(preset: "Preset | dict[str, Any]") -> dict[str, Any]:
             and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
 
 
+TEACHER_NAMES = ("resnet18", "efficientnet_lite0", "resnet18_mid", "efficientnet_lite0_mid")
+"""Every teacher :func:`glance_lite.models.teachers.load_teacher` knows besides ``auto``; the suffix
+``_mid`` names the network's mid-level pooled feature instead of its last one."""
+
 CHOICES: dict[str, tuple[str, ...]] = {
+    "teacher": ("auto", *TEACHER_NAMES),
     "pretrained": ("shipped", "none"),
     "score_norm": ("none", "zscore", "position"),
     "iad_metric": ("euclidean", "mahalanobis"),

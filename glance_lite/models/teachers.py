@@ -17,6 +17,14 @@ definition of that network (MobileNet-v2 style inverted-residual blocks, ReLU6, 
 TensorFlow "SAME" padding, batch-norm eps 1e-3), written so that the wheel's state dict loads with
 ``strict=True``: every key and shape matches, none is renamed.
 
+Mid-level variants (``resnet18_mid``, ``efficientnet_lite0_mid``; ours, not the paper's): R(p) is the
+concatenation of the patch's average-pooled features at the network's stride-8 and stride-16 stages
+(ResNet-18: ``layer2`` + ``layer3``, 128 + 256 = 384-d; EfficientNet-Lite0: the ends of stages 3 and 5,
+40 + 112 = 152-d), the middle of the hierarchy that PatchCore compares, instead of the last, most
+semantic feature.  Chosen with the preset field ``teacher`` (e.g. ``--set teacher=efficientnet_lite0_mid``);
+the Local-Net's decoder maps to the smaller dimension, and shipped weights are looked up under the
+variant's own name.  Measured on the validation protocol in :doc:`/notebooks/08_ablation_and_features`.
+
 Normalisation: ResNet-18 expects ImageNet mean/std; the TensorFlow Lite checkpoints expect
 ``(255 x - 127) / 128`` (mean 127/255, std 128/255 per channel).  We checked the latter on
 scikit-image's ``chelsea`` photograph: it is classified as a cat (ImageNet classes 281-285).
@@ -42,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glance_lite.common.fileio import GlanceError, load_torch
+from glance_lite.common.presets import TEACHER_NAMES
 
 __all__ = [
     "Teacher",
@@ -58,6 +67,7 @@ __all__ = [
     "TF_LITE_STD",
     "RESNET18_URL",
     "CAT_CLASSES",
+    "TEACHER_NAMES",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -74,7 +84,7 @@ DOWNLOAD_TIMEOUT_S = 10.0
 CAT_CLASSES = range(281, 286)
 """ImageNet classes tabby, tiger cat, Persian, Siamese and Egyptian cat."""
 
-TEACHER_NAMES = ("resnet18", "efficientnet_lite0")
+MID_SUFFIX = "_mid"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,6 +115,7 @@ class Teacher(nn.Module):
         std: Sequence[float],
         input_size: int = 224,
         source: str = "",
+        dim: int | None = None,
     ) -> None:
         super().__init__()
         if input_size < 8:
@@ -112,7 +123,7 @@ class Teacher(nn.Module):
         self.name = name
         self.body = body
         self.fc = fc
-        self.dim = int(fc.in_features)
+        self.dim = int(dim if dim is not None else fc.in_features)
         self.input_size = int(input_size)
         self.source = source
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
@@ -140,7 +151,10 @@ class Teacher(nn.Module):
         return self.body(self.preprocess(x))
 
     def classify(self, x: Tensor) -> Tensor:
-        """ImageNet logits (B, 1000) of images in [0, 1]; used to check that the weights loaded."""
+        """ImageNet logits (B, 1000) of images in [0, 1]; used to check that the weights loaded.
+        Only the final-feature teachers classify (a mid-level feature is not what ``fc`` reads)."""
+        if self.dim != self.fc.in_features:
+            raise GlanceError(f"teacher {self.name!r}: its {self.dim}-d mid-level feature cannot be classified")
         return self.fc(self.forward(x))
 
     def extra_repr(self) -> str:
@@ -164,6 +178,20 @@ class _ResNetBody(nn.Module):
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
         return torch.flatten(n.avgpool(x), 1)
+
+
+class _ResNetMidBody(nn.Module):
+    """ResNet-18's stride-8 and stride-16 stages (``layer2``, ``layer3``), each average-pooled: 384-d."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = self.net
+        x2 = n.layer2(n.layer1(n.maxpool(n.relu(n.bn1(n.conv1(x))))))
+        x3 = n.layer3(x2)
+        return torch.cat([x2.mean(dim=(2, 3)), x3.mean(dim=(2, 3))], dim=1)
 
 
 def resnet18_cache_path() -> Path:
@@ -334,6 +362,37 @@ class EfficientNetLite0(nn.Module):
         return self._fc(self.forward_features(x))
 
 
+LITE0_MID_BLOCKS = (4, 10)
+"""Indices of the blocks that end Lite0's stride-8 stage 3 (40 channels) and stride-16 stage 5 (112)."""
+
+
+class _LiteMidBody(nn.Module):
+    """EfficientNet-Lite0's stride-8 and stride-16 stages, each average-pooled: 40 + 112 = 152-d."""
+
+    def __init__(self, net: EfficientNetLite0) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = self.net
+        x = F.relu6(n._bn0(n._conv_stem(x)))
+        pooled = []
+        for i, block in enumerate(n._blocks[: LITE0_MID_BLOCKS[-1] + 1]):
+            x = block(x)
+            if i in LITE0_MID_BLOCKS:
+                pooled.append(x.mean(dim=(2, 3)))
+        return torch.cat(pooled, dim=1)
+
+
+def _mid_variant(teacher: Teacher) -> Teacher:
+    """The mid-level variant of a loaded final-feature teacher (same weights, same preprocessing)."""
+    net = teacher.body.net
+    body = _ResNetMidBody(net) if teacher.name == "resnet18" else _LiteMidBody(net)
+    dim = 384 if teacher.name == "resnet18" else sum(LITE0_STAGES[i][5] for i in (2, 4))
+    return Teacher(teacher.name + MID_SUFFIX, body, teacher.fc, teacher.mean.flatten().tolist(),
+                   teacher.std.flatten().tolist(), teacher.input_size, teacher.source, dim=dim)
+
+
 class _LiteBody(nn.Module):
     def __init__(self, net: EfficientNetLite0) -> None:
         super().__init__()
@@ -384,7 +443,8 @@ def load_teacher(
     Args:
         name: ``"resnet18"`` (the paper's), ``"efficientnet_lite0"`` (offline) or ``"auto"``:
             ResNet-18 when its ImageNet weights can be had (local file, cache or download),
-            otherwise EfficientNet-Lite0.
+            otherwise EfficientNet-Lite0.  With the suffix ``_mid`` (``"resnet18_mid"``,
+            ``"efficientnet_lite0_mid"``): the same network's mid-level pooled feature (module docstring).
         weights: optional local state-dict file (for ``auto`` it is taken as ResNet-18 weights).
         input_size: side every input is resized to before the network sees it.
         allow_download: whether ResNet-18 weights may be downloaded into torch's hub cache.
@@ -395,7 +455,12 @@ def load_teacher(
     """
     name = name.strip().lower().replace("-", "_")
     if name not in ("auto", *TEACHER_NAMES):
-        raise ValueError(f"unknown teacher {name!r}; choose 'auto', 'resnet18' or 'efficientnet_lite0'")
+        raise ValueError(f"unknown teacher {name!r}; choose 'auto' or one of {', '.join(TEACHER_NAMES)}")
+    if name.endswith(MID_SUFFIX):
+        teacher = _mid_variant(load_teacher(name[: -len(MID_SUFFIX)], weights, input_size, allow_download, verbose=False))
+        if verbose:
+            print(f"teacher: {teacher.name} (mid-level pooled feature), {teacher.dim}-d, input {input_size}px")
+        return teacher
     why = ""
     if name == "efficientnet_lite0":
         teacher = load_efficientnet_lite0(weights, input_size)
