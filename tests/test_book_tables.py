@@ -136,23 +136,29 @@ def test_local_nets_against_validation_pairs_weights_with_their_cpu_variant() ->
         return {"preset_fields": {**cpu, "name": "x", **fields}, "rows": rows,
                 "mean": {"AU-PRO": float(np.mean(list(scores.values()))), "ts_AU-PRO": 0.5}}
 
-    def net(sha: str, held: float, shipped: bool, extra: dict | None = None) -> dict:
+    def net(sha: str, held: float, shipped: bool, extra: dict | None = None, teacher: str = "efficientnet_lite0") -> dict:
         corpus = {"train_photos": ["a"] * 19, "heldout_photos": ["b"] * 3, **({"extra": extra} if extra else {})}
         return {"sha256": sha, "corpus": corpus, "steps": 5000, "final": {"train_distillation": held - 0.05},
-                "heldout": {"distillation": held}, **({"_shipped": True} if shipped else {})}
+                "heldout": {"distillation": held}, "teacher": teacher, **({"_shipped": True} if shipped else {})}
 
     val = {"cpu": variant("a" * 64, {"mesh": 0.78, "screw": 0.94}),
            "cpu-seed1": variant("a" * 64, {"mesh": 0.10, "screw": 0.10}, seed=1),  # a repeat: not the variant
            "cpu-i192": variant("b" * 64, {"mesh": 0.99, "screw": 0.99}, image_size=192),  # other settings
-           "cpu-new": variant("b" * 64, {"mesh": 0.68, "screw": 0.93})}
+           "cpu-new": variant("b" * 64, {"mesh": 0.68, "screw": 0.93}),
+           # a mid-level teacher's net is validated with the teacher field that names it, and only with it
+           "cpu-mid": variant("d" * 64, {"mesh": 0.90, "screw": 0.90}, teacher="efficientnet_lite0_mid"),
+           "cpu-mid-wrong": variant("e" * 64, {"mesh": 0.90, "screw": 0.90}, teacher="resnet18_mid")}
     nets = [net("a" * 64, 0.766, True), net("b" * 64, 0.725, False, {"n_photos": 50, "folder": "debian"}),
-            net("c" * 64, 0.7, False)]
+            net("c" * 64, 0.7, False), net("d" * 64, 0.4, False, teacher="efficientnet_lite0_mid"),
+            net("e" * 64, 0.4, False, teacher="efficientnet_lite0_mid")]
     t = local_nets_against_validation(nets, val)
-    assert list(t["validated as"]) == ["cpu", "cpu-new", "–"]
+    assert list(t["validated as"]) == ["cpu", "cpu-new", "–", "cpu-mid", "–"]
+    assert list(t["teacher feature"])[2:4] == ["final, 1280-d", "mid-level, 152-d"]
     assert t["AU-PRO"].iloc[0] == pytest.approx(0.86) and t["AU-PRO"].iloc[1] == pytest.approx(0.805)
     assert t["largest loss vs shipped"].iloc[1] == "mesh: -0.100" and t["largest loss vs shipped"].iloc[0] == "–"
     assert t["photographs (train / held out)"].iloc[1] == "19 / 3 (+50 from debian)"
     assert np.isnan(t["AU-PRO"].iloc[2]) and t["sources"].isna().iloc[2] and list(t["sources"].iloc[:2]) == [2, 2]
+    assert t["AU-PRO"].iloc[3] == pytest.approx(0.90)
 
 
 def test_lever_table_names_weights_that_were_never_shipped() -> None:

@@ -341,31 +341,39 @@ def validation_lambda(val: dict[str, dict[str, Any]]) -> Any:
     return pd.DataFrame.from_dict(out, orient="index")
 
 
+TEACHER_FEATURES = {"efficientnet_lite0": "final, 1280-d", "efficientnet_lite0_mid": "mid-level, 152-d",
+                    "resnet18": "final, 512-d", "resnet18_mid": "mid-level, 384-d"}
+"""How :func:`local_nets_against_validation` names each teacher's feature (l_k is measured against it)."""
+
+
 def local_nets_against_validation(nets: Sequence[dict[str, Any]], val: dict[str, dict[str, Any]]) -> Any:
     """One row per Local-Net provenance file (the shipped ones and candidates, e.g.
     ``results/local_nets/*.json``): its corpus, steps and held-out / training l_k (Eq. 1), beside the
     validation of the ``cpu`` settings fitted from it -- the variant whose fields are the ``cpu``
-    preset's apart from its name and seed 0, and whose rows started from these weights
+    preset's apart from its name, seed 0 and (for a Local-Net distilled from another teacher feature,
+    e.g. ``efficientnet_lite0_mid``) the ``teacher`` field that names it, and whose rows started from these weights
     (:func:`glance_lite.experiments.validation.local_net_id`).  Mean AU-PRO of glance-lite and of TS
     over the sources, and the source where glance-lite lost most against the shipped Local-Net's
     variant.  Held-out l_k is a proxy; this table shows how far it predicts what the anomaly maps do."""
     from ..common.presets import Preset
 
     pd = _pd()
-    base = {k: v for k, v in PRESETS["cpu"].to_dict().items() if k not in ("name", "seed")}
+    base = {k: v for k, v in PRESETS["cpu"].to_dict().items() if k not in ("name", "seed", "teacher")}
 
-    def variant_of(sha: str) -> tuple[str | None, dict[str, Any] | None]:
+    def variant_of(sha: str, teacher: str) -> tuple[str | None, dict[str, Any] | None]:
         for name, v in sorted(val.items()):
             # a field added after a file was written is read with its default, which is how that file ran
             f = {k: x for k, x in Preset.from_dict(v.get("preset_fields", {})).to_dict().items()
                  if k not in ("name", "seed")}
-            if f == base and int(v["preset_fields"].get("seed", 0)) == 0 and local_net_id(v) == sha:
+            t = f.pop("teacher")
+            if (f == base and t in ("auto", teacher) and int(v["preset_fields"].get("seed", 0)) == 0
+                    and local_net_id(v) == sha):
                 return name, v
         return None, None
 
     rows, per_source = [], {}
     for e in nets:
-        name, v = variant_of(e["sha256"])
+        name, v = variant_of(e["sha256"], str(e.get("teacher", "")))
         if v is not None:
             per_source[e["sha256"]] = {r["source"]: r.get("AU-PRO") for r in v["rows"] if r.get("status") == "ok"}
         extra = (e.get("corpus") or {}).get("extra")
@@ -373,6 +381,7 @@ def local_nets_against_validation(nets: Sequence[dict[str, Any]], val: dict[str,
             "Local-Net": f"{e['sha256'][:8]} ({'shipped' if e.get('_shipped') else 'candidate'})",
             "photographs (train / held out)": f"{len(e['corpus']['train_photos'])} / {len(e['corpus']['heldout_photos'])}"
                                               + (f" (+{extra['n_photos']} from {extra['folder']})" if extra else ""),
+            "teacher feature": TEACHER_FEATURES.get(str(e.get("teacher")), str(e.get("teacher"))),
             "steps": e.get("total_steps", e.get("steps")),
             "training l_k": e["final"]["train_distillation"], "held-out l_k": e["heldout"]["distillation"],
             "validated as": name or "–", "sources": len(v["rows"]) if v else None,
