@@ -179,6 +179,9 @@ def test_distillation_floor_is_the_best_linear_decoder_can_do() -> None:
         sol = torch.linalg.lstsq(z.double(), tn.double()).solution
         mse = float((z.double() @ sol - tn.double()).pow(2).mean())
         assert mse >= f["train"][1] - 1e-9
+    # widths beyond the teacher's dimension are capped, once each (a 152-d teacher, 256 and 512 asked for)
+    capped = distillation_floor(tr, ho, mean, std, dims=(8, 20, 32, 64))
+    assert capped["dims"] == [8, 20] and len(capped["heldout"]) == 2 and capped["train"][1] < 1e-9
 
 
 def test_old_provenance_gains_the_floor_without_recomputing(distilled: tuple[Path, dict], tmp_path: Path,

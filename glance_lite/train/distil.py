@@ -168,12 +168,12 @@ def distillation_floor(train_targets: torch.Tensor, heldout_targets: torch.Tenso
     evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
     total = float(evals.sum())
     rows_tr, rows_ho = [], []
+    dims = tuple(sorted({min(int(n), d) for n in dims}))  # a narrow teacher (e.g. 152-d) caps the widths once
     for n in dims:
-        n = min(int(n), d)
         v = evecs[:, :n]
         rows_tr.append(float(evals[n:].sum()) / d)
         rows_ho.append(float((ho - ho @ v @ v.T).pow(2).mean()))
-    return {"dims": [min(int(n), d) for n in dims], "train": rows_tr, "heldout": rows_ho,
+    return {"dims": list(dims), "train": rows_tr, "heldout": rows_ho,
             "train_explained": [1 - r * d / total for r in rows_tr],
             "heldout_mean_predictor": float(ho.pow(2).mean()),
             "n_train": int(len(tr)), "n_heldout": int(len(ho))}
