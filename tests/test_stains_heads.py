@@ -49,6 +49,25 @@ def test_add_stain_changes_only_the_stain_and_is_deterministic():
     assert s1.min() >= 0 and s1.max() <= 1
 
 
+def test_stain_min_axis_adds_stains_of_a_few_pixels():
+    # the preset field stain_min_axis: at 0.03 a third of the stains on a 33-pixel patch are smaller
+    # than any stain at the default 0.12, and none is larger than the default's largest
+    x = torch.rand(400, 3, 33, 33)
+    _, m_default = add_stain(x, 0)
+    _, m_small = add_stain(x, 0, min_axis=0.03)
+    area_default = m_default.sum(dim=(1, 2, 3)).numpy()
+    area_small = m_small.sum(dim=(1, 2, 3)).numpy()
+    assert (area_small < area_default.min()).mean() > 0.2
+    assert area_small.max() <= area_default.max() * 1.1
+    assert area_small.min() >= 1
+    from glance_lite.common.presets import get_preset, training_fields
+    p = get_preset("cpu")
+    assert "stain_min_axis" not in training_fields(p)  # old runs keep their keys
+    assert training_fields(p.replace(stain_min_axis=0.03))["stain_min_axis"] == 0.03
+    with pytest.raises(ValueError, match="stain_min_axis"):
+        p.replace(stain_min_axis=0.5)
+
+
 def test_add_stain_rejects_non_square():
     with pytest.raises(ValueError):
         add_stain(torch.rand(2, 3, 10, 12), 0)

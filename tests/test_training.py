@@ -256,3 +256,15 @@ def test_joint_stage_follows_its_learning_rate_schedule(tmp_path, monkeypatch):
     assert all(a >= b for a, b in zip(used[1:], used[2:]))   # then it only decays
     assert used[-1] == pytest.approx(1e-4, rel=0.05)   # to about a tenth at the last step
     assert [joint_lr(p)(s) for s in range(40)] == pytest.approx(used)
+
+
+def test_stain_min_axis_reaches_the_dad_stains(tmp_path, monkeypatch):
+    # the joint stage draws its stains with the preset's stain_min_axis, not add_stain's default
+    import glance_lite.train.training as tr
+
+    p = get_preset("smoke").replace(global_steps=2, batch_size=8, checkpoint_every=100, stain_min_axis=0.05)
+    seen = []
+    real = tr.add_stain
+    monkeypatch.setattr(tr, "add_stain", lambda x, rng, **kw: (seen.append(kw.get("min_axis")), real(x, rng, **kw))[1])
+    train_global(_model(p), _images(n=4), tmp_path / "run", progress=False)
+    assert seen and set(seen) == {0.05}

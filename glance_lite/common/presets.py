@@ -127,6 +127,13 @@ class Preset:
     fine on its own but wrong here, the kind of anomaly (missing, extra or misplaced parts) the global
     context exists for.  ours."""
 
+    stain_min_axis: float = 0.12
+    """Smallest semi-axis of the DAD head's stains, as a fraction of the patch side (the largest is 0.3;
+    :func:`glance_lite.data.stains.stain_mask`).  At 0.12 a stain on a 33-pixel patch is 8 to 20 pixels
+    across; smaller values add stains of a few pixels, the size of the small defects of grayscale
+    textures, where the DAD head was weakest.  Must lie in (0, 0.3]. ours (the paper gives no sizes).
+    """
+
     # --- scoring (Eq. 11-13) and maps ----------------------------------------------------------
     lambda_s: float = 0.8
     """Balance of s_IAD and s_DAD in Eq. 13. paper: 0.8."""
@@ -166,6 +173,8 @@ class Preset:
                              f"17, 33, 65, other than patch_size={self.patch_size}")
         if self.global_lr is not None and not self.global_lr > 0:
             raise ValueError(f"preset field global_lr={self.global_lr}: must be positive (or None for lr)")
+        if not 0 < self.stain_min_axis <= 0.3:
+            raise ValueError(f"preset field stain_min_axis={self.stain_min_axis}: must lie in (0, 0.3]")
         if self.global_holes < 1:
             raise ValueError(f"preset field global_holes={self.global_holes}: must be at least 1")
 
@@ -198,13 +207,15 @@ EVALUATION_FIELDS: tuple[str, ...] = ("lambda_s", "score_stride", "idw_power", "
 (``fit`` resumes, ``evaluate`` takes them from the preset it is given)."""
 
 
-LATER_FIELDS: dict[str, Any] = {"dad_negatives": "stain", "global_lr": None, "global_schedule": "constant"}
+LATER_FIELDS: dict[str, Any] = {"dad_negatives": "stain", "global_lr": None, "global_schedule": "constant",
+                                "stain_min_axis": 0.12}
 """Training fields added after runs were first keyed, with the value every earlier run had: they are
 left out of :func:`training_fields` at that value, so that adding them renames no earlier run."""
 
 
 JOINT_STAGE_FIELDS: tuple[str, ...] = ("global_channels", "global_strides", "dad_hidden", "lambda_t", "global_steps",
-                                       "global_holes", "dad_negatives", "global_lr", "global_schedule")
+                                       "global_holes", "dad_negatives", "global_lr", "global_schedule",
+                                       "stain_min_axis")
 """Training fields that only change the joint Global-Net + DAD stage (Eq. 10), never the Local-Net: two
 presets that differ only in these (and in :data:`EVALUATION_FIELDS`) share the Local-Net, and so the
 TS baseline, which is trained on the Local-Net alone."""

@@ -67,19 +67,21 @@ def add_stain(
     patches: torch.Tensor,
     rng: np.random.Generator | int,
     noise_std: float = 0.03,
+    min_axis: float = 0.12,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stain every patch of a batch (B, 3, p, p) in [0, 1]; returns ``(stained, masks)``.
 
     ``masks`` is (B, 1, p, p) float {0, 1}.  Each stain gets one random grey level in [0, 1]
     plus N(0, ``noise_std``) noise per pixel; the result is clipped to [0, 1].  Pixels outside the
-    stain are returned unchanged (bit for bit).
+    stain are returned unchanged (bit for bit).  ``min_axis`` is the smallest semi-axis as a fraction of
+    the patch side (:func:`stain_mask`; the largest stays 0.3): the preset field ``stain_min_axis``.
     """
     if isinstance(rng, (int, np.integer)):
         rng = np.random.default_rng(int(rng))
     if patches.dim() != 4 or patches.shape[-1] != patches.shape[-2]:
         raise ValueError(f"patches must be (B, C, p, p), got {tuple(patches.shape)}")
     b, c, p, _ = patches.shape
-    masks = np.stack([stain_mask(p, rng) for _ in range(b)])
+    masks = np.stack([stain_mask(p, rng, min_axis=min_axis) for _ in range(b)])
     grey = rng.uniform(0.0, 1.0, size=(b, 1, 1, 1))
     noise = rng.normal(0.0, noise_std, size=(b, 1, p, p))
     fill = torch.as_tensor(np.clip(grey + noise, 0, 1), dtype=patches.dtype, device=patches.device)

@@ -580,7 +580,7 @@ def train_global(
                 # the stains of the whole global batch are drawn (on the CPU, device-free), so that
                 # every rank draws what one process would; each rank keeps its own
                 clean = crop_patches(train_images, idx[stain], tops[stain], lefts[stain], P)
-                stained, _ = add_stain(clean, rng)
+                stained, _ = add_stain(clean, rng, min_axis=p.stain_min_axis)
                 which = (torch.cumsum(stain.long(), 0) - 1)[loc][stain_loc]
                 z_star[stain_loc.to(dev)] = model.local_net(to_device(stained[which], dev)).to(z_star.dtype)
             swap_loc = swap[loc]
