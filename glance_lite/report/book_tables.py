@@ -261,6 +261,14 @@ def _joint_lr(f: dict[str, Any]) -> str:
     return f", lr {f['lr'] if lr is None else lr:g} {sched}"
 
 
+def _negatives(f: dict[str, Any]) -> str:
+    """The DAD negatives of a variant: ``stain``, ``stain+swap``, with ", stains ≥ 0.03 p" when its stains
+    can be smaller than the default (preset field ``stain_min_axis``)."""
+    neg = f.get("dad_negatives", "stain")
+    lo = f.get("stain_min_axis", 0.12)
+    return neg if lo == 0.12 else f"{neg}, stains ≥ {lo:g} p"
+
+
 def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
     """One row per validated preset variant: what it changes and its mean AU-PRO against TS's.
     Seed repeats (:func:`seed_repeats`) are left out: :func:`validation_seeds` shows them."""
@@ -286,7 +294,7 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
             kind = "candidate"
         out.append({"variant": name, "image, Local-Net": f"{f['image_size']} px, {kind} p{patch}{weights}",
                     "joint steps × holes, DAD negatives": f"{f['global_steps']} × {f.get('global_holes', 1)}, "
-                                                          f"{f.get('dad_negatives', 'stain')}{_joint_lr(f)}",
+                                                          f"{_negatives(f)}{_joint_lr(f)}",
                     "IAD, λ_s": f"{'whitened' if f.get('iad_metric') == 'mahalanobis' else 'Eq. 11'}, {f.get('lambda_s'):g}"
                                 f"{_stride(f)}",
                     "sources": m["n_sources"],
