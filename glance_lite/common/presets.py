@@ -282,7 +282,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 #: global_steps=3000``; chapter 08).  Two other joint-stage levers were not taken: ``dad_negatives =
 #: "stain+swap"`` (mean 0.895) and ``global_holes = 4`` (over the budget, see that field); nor, later, a
 #: schedule for the joint stage (``global_lr=1e-3, global_schedule="cosine"``: mean 0.908 against 0.909,
-#: every source within 0.007).
+#: every source within 0.007), nor stains down to a few pixels for the DAD head (``stain_min_axis=0.03``,
+#: ``cpu-stain03``: mean 0.907, every source within 0.003, the DAD head alone no better on ``mesh``).
 #: Its patch size stays 33: 17-pixel patches (a shipped Local-Net exists for them) were better on
 #: the offline ``mesh`` (0.732 against 0.591) but far worse on held-out ``screw`` (0.635 against 0.880),
 #: and multi-scale 17 + 33 costs twice a category (chapter 08).

@@ -262,11 +262,11 @@ def _joint_lr(f: dict[str, Any]) -> str:
 
 
 def _negatives(f: dict[str, Any]) -> str:
-    """The DAD negatives of a variant: ``stain``, ``stain+swap``, with ", stains ≥ 0.03 p" when its stains
+    """The DAD negatives of a variant: ``stain``, ``stain+swap``, with " (≥ 0.03 p)" when its stains
     can be smaller than the default (preset field ``stain_min_axis``)."""
     neg = f.get("dad_negatives", "stain")
     lo = f.get("stain_min_axis", 0.12)
-    return neg if lo == 0.12 else f"{neg}, stains ≥ {lo:g} p"
+    return neg if lo == 0.12 else f"{neg} (≥ {lo:g} p)"
 
 
 def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
