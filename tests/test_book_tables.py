@@ -77,6 +77,7 @@ def test_validation_tables_match_the_files():
         own_lr = f.get("global_lr") is not None or f.get("global_schedule", "constant") != "constant"
         assert (" lr " in lev.loc[label, "joint steps × holes, DAD negatives"]) == own_lr
         # and stains that can be smaller than the default's
+        assert ("fine-tuned" in lev.loc[label, "image, Local-Net"]) == (f.get("finetune_steps", 400) != 400)
         assert ("(≥" in lev.loc[label, "joint steps × holes, DAD negatives"]) == (f.get("stain_min_axis", 0.12) != 0.12)
         assert ("stride" in lev.loc[label, "IAD, λ_s"]) == (f.get("score_stride", 4) != 4)
     src = book_tables.validation_sources(val)

@@ -261,6 +261,12 @@ def _joint_lr(f: dict[str, Any]) -> str:
     return f", lr {f['lr'] if lr is None else lr:g} {sched}"
 
 
+def _finetune(f: dict[str, Any]) -> str:
+    """", fine-tuned 1200 steps" when a variant fine-tunes its Local-Net longer or shorter than ``cpu``; else ""."""
+    n = f.get("finetune_steps", PRESETS["cpu"].finetune_steps)
+    return "" if n == PRESETS["cpu"].finetune_steps else f", fine-tuned {n} steps"
+
+
 def _negatives(f: dict[str, Any]) -> str:
     """The DAD negatives of a variant: ``stain``, ``stain+swap``, with " (≥ 0.03 p)" when its stains
     can be smaller than the default (preset field ``stain_min_axis``)."""
@@ -292,7 +298,7 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
         kind = f.get("pretrained")
         if weights and ln not in shipped_ids:  # fitted from weights that were never shipped (GLANCE_WEIGHTS)
             kind = "candidate"
-        out.append({"variant": name, "image, Local-Net": f"{f['image_size']} px, {kind} p{patch}{weights}",
+        out.append({"variant": name, "image, Local-Net": f"{f['image_size']} px, {kind} p{patch}{weights}{_finetune(f)}",
                     "joint steps × holes, DAD negatives": f"{f['global_steps']} × {f.get('global_holes', 1)}, "
                                                           f"{_negatives(f)}{_joint_lr(f)}",
                     "IAD, λ_s": f"{'whitened' if f.get('iad_metric') == 'mahalanobis' else 'Eq. 11'}, {f.get('lambda_s'):g}"
