@@ -20,7 +20,7 @@ import numpy as np
 
 from .paper_tables import (MVTEC_CATEGORIES, TABLE1_PRO, TABLE2_PIXEL_AUROC, TABLE4_LAMBDA_PRO,
                            TEXTURES, category_key)
-from ..common.presets import PRESETS
+from ..common.presets import LATER_FIELDS, PRESETS
 from ..experiments.reproduce import load_patchcore, pro_by_lambda
 from ..experiments.validation import LEGACY_LOCAL_NETS, local_net_id, same_weights, ts_lenders
 
@@ -270,9 +270,9 @@ def _finetune(f: dict[str, Any]) -> str:
 def _negatives(f: dict[str, Any]) -> str:
     """The DAD negatives of a variant: ``stain``, ``stain+swap``, with " (≥ 0.03 p)" when its stains
     can be smaller than the default (preset field ``stain_min_axis``)."""
-    neg = f.get("dad_negatives", "stain")
-    lo = f.get("stain_min_axis", 0.12)
-    return neg if lo == 0.12 else f"{neg} (≥ {lo:g} p)"
+    neg, default = f.get("dad_negatives", "stain"), LATER_FIELDS["stain_min_axis"]
+    lo = f.get("stain_min_axis", default)
+    return neg if lo == default else f"{neg} (≥ {lo:g} p)"
 
 
 def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
