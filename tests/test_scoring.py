@@ -210,9 +210,10 @@ def test_local_features_at_grid_equal_per_patch_forward(p, h, w, stride):
     [(48, 48, 17, (2, 1, 2, 1, 2, 1, 2)), (96, 83, 17, (2, 1, 2, 1, 2, 1, 2)), (70, 131, 33, (2, 1, 2, 1, 2, 1, 2)),
      (41, 57, 9, (1, 2, 1, 2))],
 )
-def test_incremental_global_net_equals_masked_forward(h, w, p, strides):
+@pytest.mark.parametrize("readout", ["mean", "hole"])
+def test_incremental_global_net_equals_masked_forward(h, w, p, strides, readout):
     torch.manual_seed(1)
-    net = GlobalNet(channels=(4, 6, 5, 8, 8, 8, 6)[: len(strides)], strides=strides, dim=12).eval()
+    net = GlobalNet(channels=(4, 6, 5, 8, 8, 8, 6)[: len(strides)], strides=strides, dim=12, readout=readout).eval()
     g = torch.Generator().manual_seed(2)
     img = torch.rand(1, 3, h, w, generator=g)
     # random holes plus the four corners, in an order that is not a grid
@@ -355,11 +356,12 @@ def test_idw_grid_shortcut_equals_brute_force_over_all_centres(h, w, p, s, k):
 
 
 @pytest.mark.parametrize("h,w,p", [(48, 48, 17), (70, 131, 33)])
-def test_differentiable_incremental_global_net_matches_values_and_gradients(h, w, p):
+@pytest.mark.parametrize("readout", ["mean", "hole"])
+def test_differentiable_incremental_global_net_matches_values_and_gradients(h, w, p, readout):
     # the joint stage's many-holes path (preset.global_holes > 1) trains through this function:
     # its values AND its gradients must be those of one plain masked forward per hole
     torch.manual_seed(3)
-    net = GlobalNet(channels=(4, 6, 5, 8, 8, 8, 6), strides=(2, 1, 2, 1, 2, 1, 2), dim=12)
+    net = GlobalNet(channels=(4, 6, 5, 8, 8, 8, 6), strides=(2, 1, 2, 1, 2, 1, 2), dim=12, readout=readout)
     g = torch.Generator().manual_seed(4)
     img = torch.rand(1, 3, h, w, generator=g)
     tops = torch.cat([torch.randint(0, h - p + 1, (9,), generator=g), torch.tensor([0, h - p])])

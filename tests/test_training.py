@@ -33,10 +33,12 @@ def test_crop_patches_matches_slicing():
         assert torch.equal(out[k], x[i, :, t : t + 7, l : l + 7])
 
 
-@pytest.mark.parametrize("holes,schedule", [(1, "constant"), (4, "constant"), (1, "cosine")])
-def test_global_stage_resumes_exactly(tmp_path, holes, schedule):
+@pytest.mark.parametrize("holes,schedule,readout", [(1, "constant", "mean"), (4, "constant", "mean"),
+                                                    (1, "cosine", "mean"), (1, "constant", "hole"),
+                                                    (4, "constant", "hole")])
+def test_global_stage_resumes_exactly(tmp_path, holes, schedule, readout):
     p = get_preset("smoke").replace(global_steps=6, checkpoint_every=2, global_holes=holes,
-                                    global_schedule=schedule)
+                                    global_schedule=schedule, global_readout=readout)
     imgs = _images()
     # uninterrupted
     m1 = _model(p)

@@ -122,6 +122,13 @@ class Preset:
     10 for the 3,000 single-hole steps it runs (three quarters as many holes), over the budget; a longer
     stage (``global_steps``) buys more holes for less. ours."""
 
+    global_readout: str = "mean"
+    """How the Global-Net reads Z_g out of its final feature map (:mod:`glance_lite.models.global_net`):
+    ``mean`` -- a masked global average, then a linear layer, as in every run before this field; ``hole``
+    -- the linear layer also sees an average weighted towards the hole and the hole's coordinates, so
+    the network is told *where* the patch it must predict lies. ours (the paper does not describe the
+    read-out)."""
+
     dad_negatives: str = "stain"
     """What the DAD head (Eq. 8-9) learns to call inconsistent: ``stain`` -- the patch with a random
     stain, as in the paper (Sec. 3.2); ``stain+swap`` -- half of the negatives stained, half a *normal*
@@ -211,14 +218,14 @@ EVALUATION_FIELDS: tuple[str, ...] = ("lambda_s", "score_stride", "idw_power", "
 
 
 LATER_FIELDS: dict[str, Any] = {"dad_negatives": "stain", "global_lr": None, "global_schedule": "constant",
-                                "stain_min_axis": 0.12}
+                                "stain_min_axis": 0.12, "global_readout": "mean"}
 """Training fields added after runs were first keyed, with the value every earlier run had: they are
 left out of :func:`training_fields` at that value, so that adding them renames no earlier run."""
 
 
 JOINT_STAGE_FIELDS: tuple[str, ...] = ("global_channels", "global_strides", "dad_hidden", "lambda_t", "global_steps",
                                        "global_holes", "dad_negatives", "global_lr", "global_schedule",
-                                       "stain_min_axis")
+                                       "stain_min_axis", "global_readout")
 """Training fields that only change the joint Global-Net + DAD stage (Eq. 10), never the Local-Net: two
 presets that differ only in these (and in :data:`EVALUATION_FIELDS`) share the Local-Net, and so the
 TS baseline, which is trained on the Local-Net alone."""
@@ -261,6 +268,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "iad_metric": ("euclidean", "mahalanobis"),
     "dad_negatives": ("stain", "stain+swap"),
     "global_schedule": ("constant", "cosine"),
+    "global_readout": ("mean", "hole"),
 }
 """The allowed values of the preset's string fields that are choices (checked on construction)."""
 

@@ -369,8 +369,12 @@ def global_features_incremental(
         return global_features_batched(global_net, image, tops, lefts, p, batch_size)
     plan = _incremental_plan(global_net, int(h), int(w), p, tops, lefts, int(batch_size), dev)
     feats = [global_net.normalize(image)] + [t[1] for t in trace[1:]]
+    # hole centres for a hole-centred read-out (GlobalNet.readout == "hole"): the centroid of each hole
+    cen = (torch.stack([tops, lefts], dim=1).to(dt) + (p - 1) / 2.0).to(dev)
+    cen_b = [cen[a : a + int(batch_size)] for a in range(0, len(tops), int(batch_size))]
     if differentiable:
-        return torch.cat([_run_plan_autograd(global_net, steps, feats, *batch) for batch in plan])
+        return torch.cat([_run_plan_autograd(global_net, steps, feats, *batch, centres=cb, image_hw=(int(h), int(w)))
+                          for batch, cb in zip(plan, cen_b)])
     bmax = max(levels[0].shape[0] for levels, _, _ in plan)
     bufs = []  # per step: the padded unmasked input (channels-last rows), then room for a batch of crops
     for li, (st, f) in enumerate(zip(steps, feats)):
@@ -386,7 +390,7 @@ def global_features_incremental(
     fbuf = torch.empty(fcache.shape[0] + bmax * math.prod(plan[0][0][-1].out_hw), fcache.shape[1], dtype=dt, device=dev)
     fbuf[: fcache.shape[0]] = fcache
     out = []
-    for levels, fin_idx, fin_mask in plan:
+    for (levels, fin_idx, fin_mask), cb in zip(plan, cen_b):
         crop = None
         for li, lv in enumerate(levels):
             buf, n_cache = bufs[li]
@@ -410,12 +414,13 @@ def global_features_incremental(
         b = fin_mask.shape[0]
         fbuf[fcache.shape[0] : fcache.shape[0] + crop.shape[0]] = crop
         full = _gather_cl(fbuf, fin_idx, b, fh, fw)
-        out.append(global_net.pool_head(full, fin_mask.to(dt)))
+        out.append(global_net.pool_head(full, fin_mask.to(dt), cb, (int(h), int(w))))
     return torch.cat(out)
 
 
 def _run_plan_autograd(global_net: nn.Module, steps: Sequence[Any], feats: list[Tensor], levels: list[_Level],
-                       fin_idx: Tensor, fin_mask: Tensor) -> Tensor:
+                       fin_idx: Tensor, fin_mask: Tensor, centres: Tensor | None = None,
+                       image_hw: tuple[int, int] | None = None) -> Tensor:
     """One batch of holes of :func:`global_features_incremental`, without in-place operations."""
     crop: Tensor | None = None
     for li, (st, f, lv) in enumerate(zip(steps, feats, levels)):
@@ -436,4 +441,4 @@ def _run_plan_autograd(global_net: nn.Module, steps: Sequence[Any], feats: list[
         crop = _flat_cl(y)
     fh, fw = feats[-1].shape[-2:]
     full = _gather_cl(torch.cat([_flat_cl(feats[-1]), crop]), fin_idx, fin_mask.shape[0], fh, fw)
-    return global_net.pool_head(full, fin_mask.to(full.dtype))
+    return global_net.pool_head(full, fin_mask.to(full.dtype), centres, image_hw)
