@@ -285,3 +285,16 @@ def test_rows_know_their_local_net_and_new_weights_get_new_runs(tmp_path, monkey
     (wdir / f"{name}.json").write_text(json.dumps({"sha256": "ab" * 32}))
     assert V.run_key(p, "auto", "d") != no_weights
     assert V.run_key(p, "efficientnet_lite0", "d") != V.run_key(p, "efficientnet_lite0", "e")
+
+
+def test_hardware_records_the_threads_the_rows_were_fitted_with(monkeypatch):
+    # parts fitted on one thread each and merged by a later call on two: the file must say one
+    import torch
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    rows = [{"source": "a", "threads": 1}, {"source": "b", "threads": 1}, {"source": "c", "status": "failed"}]
+    hw = V._hardware(rows)
+    assert hw["threads"] == 1 and hw["threads_per_source"] == {"a": 1, "b": 1}
+    mixed = V._hardware([{"source": "a", "threads": 1}, {"source": "b", "threads": 2}])
+    assert mixed["threads"] == 2 and mixed["threads_per_source"] == {"a": 1, "b": 2}  # this call's, and each row's
+    assert "threads_per_source" not in V._hardware([{"source": "a"}])  # rows written before the field

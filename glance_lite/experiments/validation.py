@@ -604,9 +604,24 @@ def run_key(preset: Preset, teacher: str, data_id: str) -> str:
     return short_hash(key_of)
 
 
+def _hardware(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`hardware_info` of this call, with ``threads`` set to the threads the rows were *fitted*
+    with when they all agree (rows fitted elsewhere and merged here keep their own ``threads``), and
+    ``threads_per_source`` listing them."""
+    hw = hardware_info()
+    per = {r["source"]: r["threads"] for r in rows if isinstance(r.get("threads"), int) and "source" in r}
+    if per:
+        hw["threads_per_source"] = per
+        if len(set(per.values())) == 1:
+            hw["threads"] = next(iter(per.values()))
+    return hw
+
+
 def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, progress: bool,
                 old: dict | None, device: str | None = None) -> tuple[dict[str, Any], bool]:
     """Fit, evaluate and (optionally) TS one source; returns (row, reused)."""
+    import torch
+
     from .reproduce import fit_evaluate_ts
 
     row: dict[str, Any] = {"source": src.name, "root": str(src.root), "category": src.category,
@@ -650,6 +665,7 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
     _set_glance_minus_ts(row)
     row["seconds"] = round(time.perf_counter() - t0, 1)
     row["seconds_detail"] = {k: round(v, 1) for k, v in secs.items()}
+    row["threads"] = torch.get_num_threads()  # what ``seconds`` was measured with (parts may be merged later)
     row["status"] = "ok"
     return row, False
 
@@ -831,7 +847,7 @@ def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, pre
                         "splits that are fair to tune on (offline set, hazelnut toy); no test image of a "
                         "real category is read",
             "preset": p.name, "preset_fields": p.to_dict(), "teacher_requested": teacher, "ts": ts,
-            "git_commit": git_commit(), "hardware": hardware_info(),
+            "git_commit": git_commit(), "hardware": _hardware(rows),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "heldout_version": HELDOUT_VERSION,
             "sources": [str(s) for s in srcs], "rows": rows, "mean": mean_row(rows),
             "written_by": "glance-lite validate",
