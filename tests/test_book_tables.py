@@ -80,6 +80,8 @@ def test_validation_tables_match_the_files():
         assert ("fine-tuned" in lev.loc[label, "image, Local-Net"]) == (f.get("finetune_steps", 400) != 400)
         assert ("(≥" in lev.loc[label, "joint steps × holes, DAD negatives"]) == (f.get("stain_min_axis", 0.12) != 0.12)
         assert ("stride" in lev.loc[label, "IAD, λ_s"]) == (f.get("score_stride", 4) != 4)
+        assert ("hole read-out" in lev.loc[label, "joint steps × holes, DAD negatives"]) == (
+            f.get("global_readout", "mean") == "hole")
     src = book_tables.validation_sources(val)
     for name, v in val.items():
         if name in repeats:
@@ -178,3 +180,18 @@ def test_lever_table_names_weights_that_were_never_shipped() -> None:
     t = book_tables.validation_levers({"cpu": variant(shipped_sha, "1"), "cand": variant("f" * 64, "2")})
     assert t.loc["cpu", "image, Local-Net"] == f"128 px, shipped p33 ({shipped_sha[:8]})"
     assert t.loc["cand", "image, Local-Net"] == "128 px, candidate p33 (ffffffff)"
+
+
+def test_lever_table_names_a_hole_read_out():
+    from glance_lite.common.presets import PRESETS
+
+    def variant(name: str, day: int, **fields: object) -> dict:
+        v = _val(name, 0, [("offline-mesh-test", 0.8, 0.79)], **{k: v for k, v in {**PRESETS["cpu"].to_dict(), **fields}.items() if k not in ("name", "seed")})
+        v["date"] = f"2026-12-0{day}"
+        v["mean"] = {"n_sources": 1, "AU-PRO": 0.8, "ts_AU-PRO": 0.79, "glance_minus_ts_AU-PRO": 0.01}
+        return v
+
+    lev = book_tables.validation_levers({"cpu-x": variant("cpu-x", 1, global_readout="hole"),
+                                         "cpu-y": variant("cpu-y", 2, global_steps=1000)})
+    assert lev.loc["cpu-x", "joint steps × holes, DAD negatives"].endswith(", hole read-out")
+    assert "read-out" not in lev.loc["cpu-y", "joint steps × holes, DAD negatives"]

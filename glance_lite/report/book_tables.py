@@ -267,6 +267,13 @@ def _finetune(f: dict[str, Any]) -> str:
     return "" if n == PRESETS["cpu"].finetune_steps else f", fine-tuned {n} steps"
 
 
+def _readout(f: dict[str, Any]) -> str:
+    """", hole read-out" when a variant's Global-Net reads Z_g out around the hole (preset field
+    ``global_readout``); else ""."""
+    r = f.get("global_readout", LATER_FIELDS["global_readout"])
+    return "" if r == LATER_FIELDS["global_readout"] else f", {r} read-out"
+
+
 def _negatives(f: dict[str, Any]) -> str:
     """The DAD negatives of a variant: ``stain``, ``stain+swap``, with " (≥ 0.03 p)" when its stains
     can be smaller than the default (preset field ``stain_min_axis``)."""
@@ -300,7 +307,7 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
             kind = "candidate"
         out.append({"variant": name, "image, Local-Net": f"{f['image_size']} px, {kind} p{patch}{weights}{_finetune(f)}",
                     "joint steps × holes, DAD negatives": f"{f['global_steps']} × {f.get('global_holes', 1)}, "
-                                                          f"{_negatives(f)}{_joint_lr(f)}",
+                                                          f"{_negatives(f)}{_joint_lr(f)}{_readout(f)}",
                     "IAD, λ_s": f"{'whitened' if f.get('iad_metric') == 'mahalanobis' else 'Eq. 11'}, {f.get('lambda_s'):g}"
                                 f"{_stride(f)}",
                     "sources": m["n_sources"],
