@@ -403,3 +403,41 @@ def test_position_normaliser_removes_what_every_training_image_shares(smoke_mode
     assert torch.allclose(maps["position"]["iad"], pos["iad"], atol=1e-5)
     with pytest.raises(ScoringError, match="grid"):
         normalise_scores(sc["s_iad"][:, :2, :2], sc["s_dad"][:, :2, :2], stats)
+
+
+def test_smoothed_iad_target_in_scoring(smoke_images):
+    from glance_lite.models.heads import iad_target
+
+    torch.manual_seed(0)
+    m = GlanceModel(get_preset("smoke").replace(iad_target_smoothing=3)).eval()
+    sc = score_patches(m, smoke_images)
+    tops, lefts = sc["tops"], sc["lefts"]
+    with torch.no_grad():
+        grid = local_features_at(m.local_net, smoke_images[:1], tops, lefts)        # (1, n, gh, gw)
+        ty, lx = tops.repeat_interleave(len(lefts)), lefts.repeat(len(tops))
+        z_g = global_features_batched(m.global_net, smoke_images[:1], ty, lx, m.preset.patch_size)
+        t = iad_target(grid, 3)[0].permute(1, 2, 0).reshape(len(ty), -1)
+        want = ((t - z_g) ** 2).mean(1).reshape(len(tops), len(lefts))
+        raw = ((grid[0].permute(1, 2, 0).reshape(len(ty), -1) - z_g) ** 2).mean(1).reshape(len(tops), len(lefts))
+    assert torch.allclose(sc["s_iad"][0], want, atol=1e-5)
+    assert not torch.allclose(sc["s_iad"][0], raw, atol=1e-3)
+    # the DAD head is unchanged: it compares the patch's own Z_l
+    torch.manual_seed(0)
+    plain = GlanceModel(get_preset("smoke")).eval()
+    assert torch.allclose(score_patches(plain, smoke_images)["s_dad"], sc["s_dad"], atol=1e-6)
+    with pytest.raises(ScoringError, match="smoothed"):
+        score_patches_loop(m, smoke_images)
+
+
+def test_iad_target_is_the_mean_of_the_existing_neighbours():
+    from glance_lite.models.heads import iad_target
+
+    z = torch.arange(12.0).reshape(1, 1, 3, 4)
+    assert torch.equal(iad_target(z, 1), z)
+    t = iad_target(z, 3)
+    assert t[0, 0, 1, 1] == z[0, 0, :3, :3].mean()
+    assert t[0, 0, 0, 0] == z[0, 0, :2, :2].mean()  # a corner averages the four patches that exist
+    with pytest.raises(ValueError, match="odd"):
+        iad_target(z, 2)
+    with pytest.raises(ValueError, match="iad_target_smoothing"):
+        get_preset("cpu").replace(iad_target_smoothing=2)

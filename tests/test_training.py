@@ -270,3 +270,29 @@ def test_stain_min_axis_reaches_the_dad_stains(tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "add_stain", lambda x, rng, **kw: (seen.append(kw.get("min_axis")), real(x, rng, **kw))[1])
     train_global(_model(p), _images(n=4), tmp_path / "run", progress=False)
     assert seen and set(seen) == {0.05}
+
+
+def test_smoothed_iad_target_is_what_the_global_net_regresses(tmp_path, monkeypatch):
+    # with iad_target_smoothing = 3 the joint stage's l_IAD compares Z_g with the mean Z_l of the 3 x 3
+    # neighbouring grid patches, while the DAD head still gets the patch's own Z_l
+    import glance_lite.train.training as tr
+    from glance_lite.models.heads import iad_target
+
+    p = get_preset("smoke").replace(global_steps=1, batch_size=8, checkpoint_every=100, iad_target_smoothing=3)
+    m = _model(p)
+    imgs = _images(n=4)
+    cache = tr.grid_local_cache(m, imgs, False)
+    seen = {}
+    real_iad, real_dad = tr.iad_score, tr.dad_loss
+    monkeypatch.setattr(tr, "iad_score", lambda a, b: (seen.setdefault("iad", a), real_iad(a, b))[1])
+    monkeypatch.setattr(tr, "dad_loss", lambda h, a, b, y, **kw: (seen.setdefault("dad", (a, y)), real_dad(h, a, b, y, **kw))[1])
+    train_global(m, imgs, tmp_path / "run", progress=False, local_cache=cache)
+    z, y = seen["dad"]
+    smooth = iad_target(cache[0].float(), 3).permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    raw = cache[0].float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+    def rows_in(a, table):
+        return all(bool(torch.isclose(table, r, atol=3e-3, rtol=0).all(1).any()) for r in a)  # the cache is float16
+
+    assert rows_in(seen["iad"], smooth) and not rows_in(seen["iad"], raw)
+    assert rows_in(z[y == 0], raw)  # the clean DAD inputs are the patches' own Z_l

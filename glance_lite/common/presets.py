@@ -129,6 +129,13 @@ class Preset:
     the network is told *where* the patch it must predict lies. ours (the paper does not describe the
     read-out)."""
 
+    iad_target_smoothing: int = 1
+    """What the Global-Net regresses (Eq. 7) and the inconsistency (Eq. 11) compares Z_g with: 1 -- Z_l of
+    the patch, as in the paper; 3 -- the mean Z_l of the 3 x 3 neighbouring patches of the raster grid
+    (shifted by up to the grid's stride; :func:`glance_lite.models.heads.iad_target`), so that detail that
+    moves with a shift of a few pixels, which no context can predict, is averaged out of the target. The
+    DAD head still compares Z_l of the patch. Must be odd. ours."""
+
     dad_negatives: str = "stain"
     """What the DAD head (Eq. 8-9) learns to call inconsistent: ``stain`` -- the patch with a random
     stain, as in the paper (Sec. 3.2); ``stain+swap`` -- half of the negatives stained, half a *normal*
@@ -185,6 +192,8 @@ class Preset:
             raise ValueError(f"preset field global_lr={self.global_lr}: must be positive (or None for lr)")
         if not 0 < self.stain_min_axis <= 0.3:
             raise ValueError(f"preset field stain_min_axis={self.stain_min_axis}: must lie in (0, 0.3]")
+        if self.iad_target_smoothing < 1 or self.iad_target_smoothing % 2 == 0:
+            raise ValueError(f"preset field iad_target_smoothing={self.iad_target_smoothing}: must be odd and positive")
         if self.global_holes < 1:
             raise ValueError(f"preset field global_holes={self.global_holes}: must be at least 1")
 
@@ -218,14 +227,15 @@ EVALUATION_FIELDS: tuple[str, ...] = ("lambda_s", "score_stride", "idw_power", "
 
 
 LATER_FIELDS: dict[str, Any] = {"dad_negatives": "stain", "global_lr": None, "global_schedule": "constant",
-                                "stain_min_axis": 0.12, "global_readout": "mean"}
+                                "stain_min_axis": 0.12, "global_readout": "mean",
+                                "iad_target_smoothing": 1}
 """Training fields added after runs were first keyed, with the value every earlier run had: they are
 left out of :func:`training_fields` at that value, so that adding them renames no earlier run."""
 
 
 JOINT_STAGE_FIELDS: tuple[str, ...] = ("global_channels", "global_strides", "dad_hidden", "lambda_t", "global_steps",
                                        "global_holes", "dad_negatives", "global_lr", "global_schedule",
-                                       "stain_min_axis", "global_readout")
+                                       "stain_min_axis", "global_readout", "iad_target_smoothing")
 """Training fields that only change the joint Global-Net + DAD stage (Eq. 10), never the Local-Net: two
 presets that differ only in these (and in :data:`EVALUATION_FIELDS`) share the Local-Net, and so the
 TS baseline, which is trained on the Local-Net alone."""

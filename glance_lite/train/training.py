@@ -40,7 +40,7 @@ from ..common.distributed import current as current_dist
 from ..common.fileio import GlanceError, atomic_write_json, load_torch, save_torch, short_hash
 from ..models.fast_features import global_features_incremental
 from ..models.global_net import hole_mask
-from ..models.heads import dad_loss, iad_score
+from ..models.heads import dad_loss, iad_score, iad_target
 from ..models.local_net import Decoder, LocalNet, compactness_loss
 from ..models.model import GlanceModel
 from ..common.presets import Preset, hardware_info, training_fields
@@ -539,6 +539,10 @@ def train_global(
     cache, pos_y, pos_x = local_cache if local_cache is not None else (None, None, None)
     if cache is not None:
         cache = pin(cache.cpu(), dev)
+    # what the Global-Net regresses: Z_l, or Z_l averaged over neighbouring grid patches (iad_target)
+    target = cache
+    if cache is not None and p.iad_target_smoothing > 1:
+        target = pin(iad_target(cache.float(), p.iad_target_smoothing).to(cache.dtype), dev)
     gh, gw = cache.shape[-2:] if cache is not None else (0, 0)
 
     K = int(p.global_holes)  # >= 1, checked by the preset
@@ -572,6 +576,7 @@ def train_global(
         loc = torch.arange(im.start * K, im.stop * K)
         with torch.no_grad():
             z_l = to_device(cache[idx[loc], :, gi[loc], gj[loc]], dev, torch.float32)
+            z_t = z_l if target is cache else to_device(target[idx[loc], :, gi[loc], gj[loc]], dev, torch.float32)
             z_star = z_l.clone()
             neg_loc = neg[loc]
             stain = neg & ~swap
@@ -598,7 +603,7 @@ def train_global(
                                             ll[a : a + K], P, batch_size=K, differentiable=True)
                 for a in range(0, len(loc), K)
             ])
-        l_iad = share_of_mean(iad_score(z_l, z_g), B)
+        l_iad = share_of_mean(iad_score(z_t, z_g), B)
         l_dad = share_of_mean(dad_loss(model.dad, z_star, z_g, neg_loc.float().to(dev), reduction="none"), B)
         return {"loss": l_iad + p.lambda_t * l_dad, "iad": l_iad, "dad": l_dad}
 
