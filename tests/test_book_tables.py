@@ -82,6 +82,7 @@ def test_validation_tables_match_the_files():
         assert ("stride" in lev.loc[label, "IAD, λ_s"]) == (f.get("score_stride", 4) != 4)
         assert ("hole read-out" in lev.loc[label, "joint steps × holes, DAD negatives"]) == (
             f.get("global_readout", "mean") == "hole")
+        assert ("target" in lev.loc[label, "IAD, λ_s"]) == (f.get("iad_target_smoothing", 1) != 1)
     src = book_tables.validation_sources(val)
     for name, v in val.items():
         if name in repeats:
@@ -195,3 +196,6 @@ def test_lever_table_names_a_hole_read_out():
                                          "cpu-y": variant("cpu-y", 2, global_steps=1000)})
     assert lev.loc["cpu-x", "joint steps × holes, DAD negatives"].endswith(", hole read-out")
     assert "read-out" not in lev.loc["cpu-y", "joint steps × holes, DAD negatives"]
+    lev = book_tables.validation_levers({"cpu-z": variant("cpu-z", 1, iad_target_smoothing=3)})
+    assert lev.loc["cpu-z", "IAD, λ_s"] == "whitened, 0.8, 3×3 target"
+    assert "target" not in book_tables.validation_levers({"cpu-y": variant("cpu-y", 2)}).loc["cpu-y", "IAD, λ_s"]

@@ -274,6 +274,13 @@ def _readout(f: dict[str, Any]) -> str:
     return "" if r == LATER_FIELDS["global_readout"] else f", {r} read-out"
 
 
+def _target(f: dict[str, Any]) -> str:
+    """", 3×3 target" when a variant's IAD compares Z_g with Z_l smoothed over neighbouring grid patches
+    (preset field ``iad_target_smoothing``); else ""."""
+    k = int(f.get("iad_target_smoothing", LATER_FIELDS["iad_target_smoothing"]))
+    return "" if k == LATER_FIELDS["iad_target_smoothing"] else f", {k}×{k} target"
+
+
 def _negatives(f: dict[str, Any]) -> str:
     """The DAD negatives of a variant: ``stain``, ``stain+swap``, with " (≥ 0.03 p)" when its stains
     can be smaller than the default (preset field ``stain_min_axis``)."""
@@ -309,7 +316,7 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
                     "joint steps × holes, DAD negatives": f"{f['global_steps']} × {f.get('global_holes', 1)}, "
                                                           f"{_negatives(f)}{_joint_lr(f)}{_readout(f)}",
                     "IAD, λ_s": f"{'whitened' if f.get('iad_metric') == 'mahalanobis' else 'Eq. 11'}, {f.get('lambda_s'):g}"
-                                f"{_stride(f)}",
+                                f"{_stride(f)}{_target(f)}",
                     "sources": m["n_sources"],
                     "AU-PRO": m["AU-PRO"], "TS AU-PRO": m["ts_AU-PRO"], "glance − TS": m["glance_minus_ts_AU-PRO"],
                     "worst glance − TS": min((r.get("glance_minus_ts_AU-PRO") for r in v["rows"]
