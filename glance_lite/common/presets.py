@@ -307,7 +307,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 #: "stain+swap"`` (mean 0.895) and ``global_holes = 4`` (over the budget, see that field); nor, later, a
 #: schedule for the joint stage (``global_lr=1e-3, global_schedule="cosine"``: mean 0.908 against 0.909,
 #: every source within 0.007), nor stains down to a few pixels for the DAD head (``stain_min_axis=0.03``,
-#: ``cpu-stain03``: mean 0.907, every source within 0.003, the DAD head alone no better on ``mesh``).
+#: ``cpu-stain03``: mean 0.907, every source within 0.003, the DAD head alone no better on ``mesh``), nor a
+#: Global-Net told where the hole is (``global_readout="hole"``, ``cpu-hole``: mean 0.904), nor a smoothed
+#: target for the Global-Net and the IAD (``iad_target_smoothing=3``, ``cpu-smooth3``: mean 0.875).
 #: Its patch size stays 33: 17-pixel patches (a shipped Local-Net exists for them) were better on
 #: the offline ``mesh`` (0.732 against 0.591) but far worse on held-out ``screw`` (0.635 against 0.880),
 #: and multi-scale 17 + 33 costs twice a category (chapter 08).
