@@ -228,7 +228,8 @@ class GlobalNet(nn.Module):
         self.pool_stride = 2
         self.pool_padding = 1
         self.act = nn.ReLU()
-        self.fc = nn.Linear(channels[-1] * (2 if readout == "hole" else 1) + (2 if readout == "hole" else 0), self.dim)
+        # "hole": the masked average, the hole-centred average (C each) and the hole's (row, column)
+        self.fc = nn.Linear(channels[-1] + (channels[-1] + 2 if readout == "hole" else 0), self.dim)
         self.reset_parameters()
 
     @classmethod
@@ -238,7 +239,7 @@ class GlobalNet(nn.Module):
             channels=tuple(preset.global_channels),
             strides=tuple(preset.global_strides),
             dim=int(preset.descriptor_dim),
-            readout=str(getattr(preset, "global_readout", "mean")),
+            readout=preset.global_readout,
         )
 
     def reset_parameters(self) -> None:

@@ -156,9 +156,9 @@ def _patch_features(model: nn.Module, images: Tensor, stride: int | None, batch_
     ty, lx = _pairs(tops, lefts)
     dev = module_device(model)
     glob = global_features_incremental if method == "incremental" else global_features_batched
-    k = int(getattr(model.preset, "iad_target_smoothing", 1))
+    k = model.preset.iad_target_smoothing
 
-    def features() -> Iterator[tuple[Tensor, Tensor]]:
+    def features() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         with _inference(model):
             for i in tqdm(range(images.shape[0]), desc="score maps", disable=not progress, leave=False):
                 img = images[i : i + 1].to(dev)
@@ -250,7 +250,7 @@ def score_patches_loop(
     """
     from ..models.global_net import hole_mask
 
-    if int(getattr(model.preset, "iad_target_smoothing", 1)) != 1:
+    if model.preset.iad_target_smoothing != 1:
         raise ScoringError("score_patches_loop is the per-patch reference of Eq. 11 with Z_l itself; this model's "
                            "IAD compares a smoothed target (iad_target_smoothing > 1): use score_patches")
 
