@@ -310,6 +310,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 #: ``cpu-stain03``: mean 0.907, every source within 0.003, the DAD head alone no better on ``mesh``), nor a
 #: Global-Net told where the hole is (``global_readout="hole"``, ``cpu-hole``: mean 0.904), nor a smoothed
 #: target for the Global-Net and the IAD (``iad_target_smoothing=3``, ``cpu-smooth3``: mean 0.875).
+#: Nor a joint stage of 10,000 steps (``cpu-g10k``, on the two sources where glance-lite ties with TS):
+#: ``mesh`` 0.779 and ``hazelnut`` 0.911, against 0.785 and 0.916 at 3,000 steps.
 #: Its patch size stays 33: 17-pixel patches (a shipped Local-Net exists for them) were better on
 #: the offline ``mesh`` (0.732 against 0.591) but far worse on held-out ``screw`` (0.635 against 0.880),
 #: and multi-scale 17 + 33 costs twice a category (chapter 08).
