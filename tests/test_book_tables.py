@@ -131,6 +131,42 @@ def test_seed_repeats_are_grouped_and_summarised():
     assert book_tables.validation_seeds({"cpu": val["cpu"]}, "cpu").empty
 
 
+def test_seed_table_can_keep_only_complete_repeats_and_intervals_use_every_seed():
+    two = [("mesh", 0.785, 0.777), ("bottle", 0.945, 0.903)]
+    val = {"cpu": _val("cpu", 0, two),
+           "cpu-seed1": _val("cpu-seed1", 1, [("mesh", 0.734, 0.749), ("bottle", 0.946, 0.920)]),
+           "cpu-seed3": _val("cpu-seed3", 3, [("mesh", 0.80, 0.79)])}  # a repeat on one source only
+    assert "seed 3" in book_tables.validation_seeds(val, "cpu").columns.get_level_values(0)
+    df = book_tables.validation_seeds(val, "cpu", complete=True)
+    assert list(df.columns.get_level_values(0).unique()) == ["seed 0", "seed 1", "over seeds"]
+    assert df.loc["mean (2 sources)", ("over seeds", "glance ≥ TS")] == "2 / 2"
+    # a repeat that failed on a source is not complete either
+    val["cpu-seed1"]["rows"][1]["status"] = "failed"
+    assert book_tables.validation_seeds(val, "cpu", complete=True).empty
+    val["cpu-seed1"]["rows"][1]["status"] = "ok"
+
+    val["cpu-seed3"]["rows"].append({"source": "bottle", "status": "ok", "AU-PRO": 0.95, "ts_AU-PRO": 0.91})
+    iv = book_tables.seed_intervals(val, "cpu")
+    d = np.array([0.785 - 0.777, 0.734 - 0.749, 0.80 - 0.79])
+    assert iv.loc["mesh", "seeds"] == 3 and iv.loc["bottle", "seeds"] == 3
+    assert iv.loc["mesh", "glance − TS"] == pytest.approx(d.mean())
+    assert iv.loc["mesh", "sd"] == pytest.approx(d.std(ddof=1))
+    half = 4.302652729911275 * d.std(ddof=1) / np.sqrt(3)  # Student t, 2 degrees of freedom, 95 %
+    assert iv.loc["mesh", "low"] == pytest.approx(d.mean() - half)
+    assert iv.loc["mesh", "high"] == pytest.approx(d.mean() + half)
+    assert iv.loc["mesh", "low"] < 0 < iv.loc["mesh", "high"]  # a tie the seeds cannot break
+    assert iv.loc["bottle", "low"] > 0  # a margin: 0.042, 0.026 and 0.040 over three seeds
+    assert iv.loc["mesh", "worst"] == pytest.approx(-0.015) and iv.loc["mesh", "glance ≥ TS"] == "2 / 3"
+    # a wider level gives a wider interval around the same mean
+    iv99 = book_tables.seed_intervals(val, "cpu", level=0.99)
+    assert iv99.loc["mesh", "low"] < iv.loc["mesh", "low"] and iv99.loc["mesh", "glance − TS"] == iv.loc["mesh", "glance − TS"]
+    # one seed: no interval; no repeat: no table
+    val["cpu"]["rows"].append({"source": "cable", "status": "ok", "AU-PRO": 0.95, "ts_AU-PRO": 0.70})
+    iv = book_tables.seed_intervals(val, "cpu")
+    assert iv.loc["cable", "seeds"] == 1 and iv[["sd", "low", "high"]].loc["cable"].isna().all()
+    assert book_tables.seed_intervals({"cpu": val["cpu"]}, "cpu").empty
+
+
 def test_local_nets_against_validation_pairs_weights_with_their_cpu_variant() -> None:
     from glance_lite.common.presets import PRESETS
     from glance_lite.report.book_tables import local_nets_against_validation

@@ -25,7 +25,8 @@ from ..experiments.reproduce import load_patchcore, pro_by_lambda
 from ..experiments.validation import LEGACY_LOCAL_NETS, local_net_id, same_weights, ts_lenders
 
 __all__ = ["tables_1_and_2", "missing_note", "bar_rows", "offline_table", "table_4", "provenance_html",
-           "validation_levers", "validation_sources", "validation_lambda", "seed_repeats", "validation_seeds", "STYLE"]
+           "validation_levers", "validation_sources", "validation_lambda", "seed_repeats", "validation_seeds",
+           "seed_intervals", "STYLE"]
 
 STYLE = {"precision": 3, "na_rep": "–"}
 """``DataFrame.style.format(**STYLE)``: three decimals, a dash for a missing value."""
@@ -199,16 +200,30 @@ def seed_repeats(val: dict[str, dict[str, Any]]) -> dict[str, str]:
     return out
 
 
-def validation_seeds(val: dict[str, dict[str, Any]], base: str) -> Any:
+def _ok_rows(v: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a validation file that finished, with an AU-PRO."""
+    return [r for r in v["rows"] if r.get("status", "ok") == "ok" and r.get("AU-PRO") is not None]
+
+
+def _seed_names(val: dict[str, dict[str, Any]], base: str) -> list[str]:
+    """``base`` and its seed repeats (:func:`seed_repeats`), in the order of their seeds."""
+    rep = seed_repeats(val)
+    return [base] + sorted((n for n, b in rep.items() if b == base),
+                           key=lambda n: int(val[n]["preset_fields"].get("seed", 0)))
+
+
+def validation_seeds(val: dict[str, dict[str, Any]], base: str, complete: bool = False) -> Any:
     """AU-PRO of glance-lite and TS per validation source (rows) for ``base`` and each of its seed repeats
     (:func:`seed_repeats`), then, over the seeds a source has: the means, the mean and the worst (lowest) of
     glance − TS, and on how many seeds glance-lite is at least TS.  A last row averages the sources that every
-    seed finished, seed by seed (how far a variant's *mean* moves between seeds).  Empty when ``base`` has
-    no repeat."""
+    seed finished, seed by seed (how far a variant's *mean* moves between seeds).  With ``complete``, only the
+    repeats that finished every source ``base`` finished are shown (a repeat run on a few sources only, to
+    narrow the interval of a tie, goes to :func:`seed_intervals`).  Empty when ``base`` has no repeat."""
     pd = _pd()
-    rep = seed_repeats(val)
-    names = [base] + sorted((n for n, b in rep.items() if b == base),
-                            key=lambda n: int(val[n]["preset_fields"].get("seed", 0)))
+    names = _seed_names(val, base)
+    if complete and base in val:
+        need = {r["source"] for r in _ok_rows(val[base])}
+        names = [n for n in names if need <= {r["source"] for r in _ok_rows(val[n])}]
     if len(names) < 2:
         return pd.DataFrame()
     table: dict[str, dict[Any, Any]] = {}
@@ -245,6 +260,40 @@ def validation_seeds(val: dict[str, dict[str, Any]], base: str) -> Any:
     df = df[cols]
     df.columns = pd.MultiIndex.from_tuples(df.columns)
     return df
+
+
+def seed_intervals(val: dict[str, dict[str, Any]], base: str, level: float = 0.95) -> Any:
+    """Glance − TS per validation source over *every* seed that source has (``base`` and all its repeats,
+    complete or not): the number of seeds, the mean AU-PRO of both methods, the mean difference, its
+    standard deviation over the seeds, a Student-t interval for the mean difference at ``level``
+    (``low`` to ``high``; none from a single seed), the worst seed's difference and on how many seeds
+    glance-lite is at least TS.  An interval that holds 0 is a tie the seeds cannot break; one above 0, a
+    margin.  The seeds are treated as independent draws of the whole fit (fine-tuning, joint stage and TS).
+    Empty when ``base`` has no repeat."""
+    from scipy import stats
+
+    pd = _pd()
+    names = _seed_names(val, base)
+    if len(names) < 2:
+        return pd.DataFrame()
+    per: dict[str, list[tuple[float, float]]] = {}
+    for name in names:
+        for r in _ok_rows(val[name]):
+            if r.get("ts_AU-PRO") is not None:
+                per.setdefault(r["source"], []).append((float(r["AU-PRO"]), float(r["ts_AU-PRO"])))
+    out: dict[str, dict[str, Any]] = {}
+    for src, pairs in per.items():
+        g = np.array([p[0] for p in pairs])
+        t = np.array([p[1] for p in pairs])
+        d = g - t
+        n = len(d)
+        sd = float(d.std(ddof=1)) if n > 1 else None
+        half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n)) if sd is not None else None
+        out[src] = {"seeds": n, "glance": float(g.mean()), "TS": float(t.mean()), "glance − TS": float(d.mean()),
+                    "sd": sd, "low": None if half is None else float(d.mean()) - half,
+                    "high": None if half is None else float(d.mean()) + half,
+                    "worst": float(d.min()), "glance ≥ TS": f"{int((d >= 0).sum())} / {n}"}
+    return pd.DataFrame.from_dict(out, orient="index")
 
 
 def _stride(f: dict[str, Any]) -> str:
