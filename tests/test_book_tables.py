@@ -113,6 +113,15 @@ def test_seed_repeats_are_grouped_and_summarised():
     val["cpu-cont"]["rows"][0]["local_net"] = {"kind": "shipped", "sha256": "ab" * 32}
     assert book_tables.seed_repeats(val) == {"cpu-seed1": "cpu", "cpu-seed2": "cpu", "cpu-i192-seed1": "cpu-i192"}
     del val["cpu-cont"]
+    # a file written after a field was added records it at its old value: still a repeat; at another value, not
+    val["cpu-seed3"] = _val("cpu-seed3", 3, [("mesh", 0.73, 0.74)], global_readout="mean", stain_min_axis=0.12)
+    val["cpu-hole"] = _val("cpu-hole", 0, [("mesh", 0.77, 0.78)], global_readout="hole")
+    rep = book_tables.seed_repeats(val)
+    assert rep["cpu-seed3"] == "cpu" and "cpu-hole" not in rep
+    # the same settings and the same seed under another name is not a second draw
+    val["cpu-again"] = _val("cpu-again", 0, [("mesh", 0.785, 0.777)], stain_min_axis=0.12)
+    assert "cpu-again" not in book_tables.seed_repeats(val)
+    del val["cpu-seed3"], val["cpu-hole"], val["cpu-again"]
     df = book_tables.validation_seeds(val, "cpu")
     assert list(df.columns.get_level_values(0).unique()) == ["seed 0", "seed 1", "seed 2", "over seeds"]
     assert df.loc["bottle", ("over seeds", "glance ≥ TS")] == "2 / 2"
@@ -157,6 +166,12 @@ def test_seed_table_can_keep_only_complete_repeats_and_intervals_use_every_seed(
     assert iv.loc["mesh", "low"] < 0 < iv.loc["mesh", "high"]  # a tie the seeds cannot break
     assert iv.loc["bottle", "low"] > 0  # a margin: 0.042, 0.026 and 0.040 over three seeds
     assert iv.loc["mesh", "worst"] == pytest.approx(-0.015) and iv.loc["mesh", "glance ≥ TS"] == "2 / 3"
+    # the heads alone are averaged over the seeds that report them
+    val["cpu"]["rows"][0].update({"iad_only_AU-PRO": 0.79, "dad_only_AU-PRO": 0.65})
+    val["cpu-seed1"]["rows"][0].update({"iad_only_AU-PRO": 0.75, "dad_only_AU-PRO": 0.55})
+    iv = book_tables.seed_intervals(val, "cpu")
+    assert iv.loc["mesh", "IAD alone"] == pytest.approx(0.77) and iv.loc["mesh", "DAD alone"] == pytest.approx(0.60)
+    assert np.isnan(iv.loc["bottle", "IAD alone"])
     # a wider level gives a wider interval around the same mean
     iv99 = book_tables.seed_intervals(val, "cpu", level=0.99)
     assert iv99.loc["mesh", "low"] < iv.loc["mesh", "low"] and iv99.loc["mesh", "glance − TS"] == iv.loc["mesh", "glance − TS"]

@@ -185,9 +185,13 @@ def seed_repeats(val: dict[str, dict[str, Any]]) -> dict[str, str]:
     """``{repeat: base}`` for every variant that differs from another only in its ``seed``: the same
     settings fitted again with other random numbers.  The base is the variant of the lowest seed.
     Repeats measure noise, not a lever, so the lever tables leave them out and
-    :func:`validation_seeds` shows them."""
+    :func:`validation_seeds` shows them.  A field of :data:`~glance_lite.common.presets.LATER_FIELDS` at its
+    old value counts as absent, so a file written before that field existed still groups with a newer one.
+    Only another seed makes a repeat: a variant with the same settings and seed as the base (the same fits
+    under another name) stays a variant of its own."""
     def key(v: dict[str, Any]) -> str:
-        return repr((sorted((k, repr(x)) for k, x in v["preset_fields"].items() if k not in ("seed", "name")),
+        return repr((sorted((k, repr(x)) for k, x in v["preset_fields"].items() if k not in ("seed", "name")
+                            and not (k in LATER_FIELDS and x == LATER_FIELDS[k])),
                      local_net_id(v)))
 
     groups: dict[str, list[str]] = {}
@@ -196,7 +200,12 @@ def seed_repeats(val: dict[str, dict[str, Any]]) -> dict[str, str]:
     out = {}
     for names in groups.values():
         names.sort(key=lambda n: (int(val[n]["preset_fields"].get("seed", 0)), n))
-        out.update({n: names[0] for n in names[1:]})
+        seen = {int(val[names[0]]["preset_fields"].get("seed", 0))}
+        for n in names[1:]:  # the same settings *and* seed (a re-run under another name) is no repeat
+            seed = int(val[n]["preset_fields"].get("seed", 0))
+            if seed not in seen:
+                out[n] = names[0]
+                seen.add(seed)
     return out
 
 
@@ -266,8 +275,9 @@ def seed_intervals(val: dict[str, dict[str, Any]], base: str, level: float = 0.9
     """Glance − TS per validation source over *every* seed that source has (``base`` and all its repeats,
     complete or not): the number of seeds, the mean AU-PRO of both methods, the mean difference, its
     standard deviation over the seeds, a Student-t interval for the mean difference at ``level``
-    (``low`` to ``high``; none from a single seed), the worst seed's difference and on how many seeds
-    glance-lite is at least TS.  An interval that holds 0 is a tie the seeds cannot break; one above 0, a
+    (``low`` to ``high``; none from a single seed), the worst seed's difference, on how many seeds
+    glance-lite is at least TS, and the mean AU-PRO of each head of Eq. 13 alone (``IAD alone``, ``DAD
+    alone``), which says which head carries or holds back a source.  An interval that holds 0 is a tie the seeds cannot break; one above 0, a
     margin.  The seeds are treated as independent draws of the whole fit (fine-tuning, joint stage and TS).
     Empty when ``base`` has no repeat."""
     from scipy import stats
@@ -276,15 +286,15 @@ def seed_intervals(val: dict[str, dict[str, Any]], base: str, level: float = 0.9
     names = _seed_names(val, base)
     if len(names) < 2:
         return pd.DataFrame()
-    per: dict[str, list[tuple[float, float]]] = {}
+    per: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         for r in _ok_rows(val[name]):
             if r.get("ts_AU-PRO") is not None:
-                per.setdefault(r["source"], []).append((float(r["AU-PRO"]), float(r["ts_AU-PRO"])))
+                per.setdefault(r["source"], []).append(r)
     out: dict[str, dict[str, Any]] = {}
-    for src, pairs in per.items():
-        g = np.array([p[0] for p in pairs])
-        t = np.array([p[1] for p in pairs])
+    for src, rows in per.items():
+        g = np.array([float(r["AU-PRO"]) for r in rows])
+        t = np.array([float(r["ts_AU-PRO"]) for r in rows])
         d = g - t
         n = len(d)
         sd = float(d.std(ddof=1)) if n > 1 else None
@@ -293,6 +303,9 @@ def seed_intervals(val: dict[str, dict[str, Any]], base: str, level: float = 0.9
                     "sd": sd, "low": None if half is None else float(d.mean()) - half,
                     "high": None if half is None else float(d.mean()) + half,
                     "worst": float(d.min()), "glance ≥ TS": f"{int((d >= 0).sum())} / {n}"}
+        for head in ("iad", "dad"):  # each head of Eq. 13 alone, over the seeds that report it
+            x = [float(r[f"{head}_only_AU-PRO"]) for r in rows if r.get(f"{head}_only_AU-PRO") is not None]
+            out[src][f"{head.upper()} alone"] = float(np.mean(x)) if x else None
     return pd.DataFrame.from_dict(out, orient="index")
 
 
