@@ -5,6 +5,8 @@
   (chapter 06).
 * :mod:`.features`   -- the feature views of Fig. 5: local vs global features of abnormal patches
   (chapter 08).
+* :mod:`.context`    -- how much of Z_l the Global-Net predicts from the context on normal patches,
+  against the place alone (chapter 08).
 
 One-way flow: ... -> train -> score -> **evaluate** -> baselines -> experiments -> report; imports only
 from the stages before it.

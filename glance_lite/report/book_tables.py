@@ -26,7 +26,7 @@ from ..experiments.validation import LEGACY_LOCAL_NETS, local_net_id, same_weigh
 
 __all__ = ["tables_1_and_2", "missing_note", "bar_rows", "offline_table", "table_4", "provenance_html",
            "validation_levers", "validation_sources", "validation_lambda", "seed_repeats", "validation_seeds",
-           "seed_intervals", "STYLE"]
+           "seed_intervals", "context_table", "STYLE"]
 
 STYLE = {"precision": 3, "na_rep": "–"}
 """``DataFrame.style.format(**STYLE)``: three decimals, a dash for a missing value."""
@@ -307,6 +307,30 @@ def seed_intervals(val: dict[str, dict[str, Any]], base: str, level: float = 0.9
             x = [float(r[f"{head}_only_AU-PRO"]) for r in rows if r.get(f"{head}_only_AU-PRO") is not None]
             out[src][f"{head.upper()} alone"] = float(np.mean(x)) if x else None
     return pd.DataFrame.from_dict(out, orient="index")
+
+
+def context_table(ctx: Sequence[dict[str, Any]], intervals: Any = None) -> Any:
+    """One row per validation source from the rows of ``python -m glance_lite.experiments.context_check``
+    (averaged over the fits a source has there): how much of Z_l the context predicts (``R² context``),
+    how much the place alone does (``R² position``) and the difference (``beyond place``); then, from
+    :func:`seed_intervals` when given, glance − TS and IAD alone − TS over every seed of the source.
+    Sorted by ``beyond place``."""
+    pd = _pd()
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in ctx:
+        by.setdefault(r["source"], []).append(r)
+    out: dict[str, dict[str, Any]] = {}
+    for src, rows in by.items():
+        rc = float(np.mean([r["r2_context"] for r in rows]))
+        rp = float(np.mean([r["r2_position"] for r in rows]))
+        d: dict[str, Any] = {"fits": len(rows), "R² context": rc, "R² position": rp, "beyond place": rc - rp}
+        if intervals is not None and len(intervals) and src in intervals.index:
+            iv = intervals.loc[src]
+            d["glance − TS"] = iv["glance − TS"]
+            d["IAD alone − TS"] = iv["IAD alone"] - iv["TS"] if "IAD alone" in iv else None
+        out[src] = d
+    df = pd.DataFrame.from_dict(out, orient="index")
+    return df.sort_values("beyond place") if len(df) else df
 
 
 def _stride(f: dict[str, Any]) -> str:

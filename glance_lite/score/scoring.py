@@ -71,6 +71,7 @@ __all__ = [
     "score_patches",
     "score_patches_loop",
     "patch_residuals",
+    "patch_feature_pairs",
     "fit_score_whitener",
     "fit_whitened_normaliser",
     "head_maps",
@@ -169,6 +170,16 @@ def _patch_features(model: nn.Module, images: Tensor, stride: int | None, batch_
                 yield z_l, z_g, z_t
 
     return tops, lefts, features()
+
+
+def patch_feature_pairs(model: nn.Module, images: Tensor, stride: int | None = None, batch_size: int = 256,
+                        progress: bool = False) -> tuple[Tensor, Tensor, Iterator[tuple[Tensor, Tensor]]]:
+    """``(tops, lefts, pairs)``: the raster grid, and per image ``(T, Z_g)``, each ``(gh*gw, n)`` in row-major
+    grid order: what Eq. 11 compares, the IAD target ``T`` (Z_l itself unless
+    ``preset.iad_target_smoothing > 1``) and the Global-Net's prediction of it from the context
+    (incremental Global-Net).  For diagnostics such as :mod:`glance_lite.evaluate.context`."""
+    tops, lefts, features = _patch_features(model, images, stride, batch_size, "incremental", progress)
+    return tops, lefts, ((z_t, z_g) for _, z_g, z_t in features)
 
 
 def score_patches(
