@@ -256,13 +256,15 @@ def test_context_table_averages_fits_and_joins_the_seed_intervals():
     pd = pytest.importorskip("pandas")
     ctx = [{"source": "mesh", "r2_context": 0.30, "r2_position": 0.02},
            {"source": "mesh", "r2_context": 0.20, "r2_position": 0.04},
-           {"source": "cable", "r2_context": 0.80, "r2_position": 0.50}]
+           {"source": "cable", "r2_context": 0.80, "r2_position": 0.50},
+           {"source": "bottle", "r2_context": 0.70, "r2_position": 0.95}]
     iv = pd.DataFrame({"glance − TS": {"mesh": -0.013, "cable": 0.257}, "IAD alone": {"mesh": 0.74, "cable": 0.95},
                        "TS": {"mesh": 0.75, "cable": 0.69}})
     df = book_tables.context_table(ctx, iv)
-    assert list(df.index) == ["mesh", "cable"]  # sorted by what the context adds beyond the place
+    assert list(df.index) == ["mesh", "bottle", "cable"]  # sorted by how much the context predicts
     assert df.loc["mesh", "fits"] == 2 and df.loc["mesh", "R² context"] == pytest.approx(0.25)
     assert df.loc["mesh", "beyond place"] == pytest.approx(0.25 - 0.03)
     assert df.loc["cable", "IAD alone − TS"] == pytest.approx(0.26)
     assert df.loc["mesh", "glance − TS"] == -0.013
+    assert np.isnan(df.loc["bottle", "glance − TS"])  # no seeds for it: nothing to join
     assert "glance − TS" not in book_tables.context_table(ctx).columns

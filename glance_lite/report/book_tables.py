@@ -314,7 +314,7 @@ def context_table(ctx: Sequence[dict[str, Any]], intervals: Any = None) -> Any:
     (averaged over the fits a source has there): how much of Z_l the context predicts (``R² context``),
     how much the place alone does (``R² position``) and the difference (``beyond place``); then, from
     :func:`seed_intervals` when given, glance − TS and IAD alone − TS over every seed of the source.
-    Sorted by ``beyond place``."""
+    Sorted by ``R² context``."""
     pd = _pd()
     by: dict[str, list[dict[str, Any]]] = {}
     for r in ctx:
@@ -330,7 +330,7 @@ def context_table(ctx: Sequence[dict[str, Any]], intervals: Any = None) -> Any:
             d["IAD alone − TS"] = iv["IAD alone"] - iv["TS"] if "IAD alone" in iv else None
         out[src] = d
     df = pd.DataFrame.from_dict(out, orient="index")
-    return df.sort_values("beyond place") if len(df) else df
+    return df.sort_values("R² context") if len(df) else df
 
 
 def _stride(f: dict[str, Any]) -> str:
