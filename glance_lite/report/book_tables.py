@@ -277,8 +277,9 @@ def seed_intervals(val: dict[str, dict[str, Any]], base: str, level: float = 0.9
     standard deviation over the seeds, a Student-t interval for the mean difference at ``level``
     (``low`` to ``high``; none from a single seed), the worst seed's difference, on how many seeds
     glance-lite is at least TS, and the mean AU-PRO of each head of Eq. 13 alone (``IAD alone``, ``DAD
-    alone``), which says which head carries or holds back a source.  An interval that holds 0 is a tie the seeds cannot break; one above 0, a
-    margin.  The seeds are treated as independent draws of the whole fit (fine-tuning, joint stage and TS).
+    alone``), which says which head carries or holds back a source.  An interval that holds 0 is a tie the
+    seeds cannot break; one above 0, a margin.  The seeds are treated as independent draws of the whole fit
+    (fine-tuning, joint stage and TS).
     Empty when ``base`` has no repeat."""
     from scipy import stats
 
