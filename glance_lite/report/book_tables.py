@@ -238,9 +238,7 @@ def validation_seeds(val: dict[str, dict[str, Any]], base: str, complete: bool =
     table: dict[str, dict[Any, Any]] = {}
     for name in names:
         seed = int(val[name]["preset_fields"].get("seed", 0))
-        for r in val[name]["rows"]:
-            if r.get("status", "ok") != "ok" or r.get("AU-PRO") is None:
-                continue
+        for r in _ok_rows(val[name]):
             d = table.setdefault(r["source"], {})
             d[(f"seed {seed}", "glance")] = r["AU-PRO"]
             d[(f"seed {seed}", "TS")] = r.get("ts_AU-PRO")
