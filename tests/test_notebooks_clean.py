@@ -60,3 +60,17 @@ def test_widget_calls_are_skipped_by_the_book_only(nb):
         assert code[0].startswith("try:"), f"{nb.name}: the widget cell does more than call interact: {code[0]!r}"
         assert not any(ln.startswith(("def ", "class ")) or (ln[0] != " " and "=" in ln.split("(")[0])
                        for ln in code[1:] if ln[0] != " " and not ln.startswith(("except", "try"))), nb.name
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[n.name for n in NOTEBOOKS])
+def test_notebook_is_valid_nbformat_with_unique_cell_ids(nb):
+    # nbformat 4.5 requires an id on every cell; a missing one is invented afresh by each tool that
+    # reads the file (a warning, and a diff that never settles), a repeated one confuses anchors
+    import nbformat
+
+    raw = json.loads(nb.read_text())
+    ids = [c.get("id") for c in raw["cells"]]
+    missing = [i for i, x in enumerate(ids) if not x]
+    assert not missing, f"{nb.name}: cells {missing} have no id"
+    assert len(set(ids)) == len(ids), f"{nb.name}: repeated cell ids"
+    nbformat.validate(nbformat.reads(nb.read_text(), as_version=4))
