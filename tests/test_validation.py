@@ -298,3 +298,18 @@ def test_hardware_records_the_threads_the_rows_were_fitted_with(monkeypatch):
     mixed = V._hardware([{"source": "a", "threads": 1}, {"source": "b", "threads": 2}])
     assert mixed["threads"] == 2 and mixed["threads_per_source"] == {"a": 1, "b": 2}  # this call's, and each row's
     assert "threads_per_source" not in V._hardware([{"source": "a"}])  # rows written before the field
+
+
+def test_finished_rows_is_the_one_filter_every_reader_uses():
+    # a failed source, and an "ok" row that lost its AU-PRO, count nowhere: not in the means, not in the
+    # seed statistics, not in context_check
+    from glance_lite.experiments.validation import finished_rows, mean_row
+    from glance_lite.report import book_tables
+
+    rows = [{"source": "a", "status": "ok", "AU-PRO": 0.9},
+            {"source": "b", "status": "failed", "error": "x"},
+            {"source": "c", "status": "ok", "AU-PRO": None},
+            {"source": "d", "status": "ok", "AU-PRO": 0.7}]
+    assert [r["source"] for r in finished_rows(rows)] == ["a", "d"]
+    assert mean_row(rows)["n_sources"] == 2 and abs(mean_row(rows)["AU-PRO"] - 0.8) < 1e-9
+    assert book_tables._ok_rows({"rows": rows}) == finished_rows(rows)

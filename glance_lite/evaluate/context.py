@@ -34,13 +34,13 @@ Deviation: a diagnostic of ours; the paper reports no such measure.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.mvtec import find_category, load_image, load_mask
+from ..data.mvtec import MVTecDataset, find_category
 from ..score.scoring import patch_feature_pairs
 
 __all__ = ["context_r2_from_features", "clean_patch_mask", "context_r2", "context_r2_of_run"]
@@ -114,25 +114,27 @@ def context_r2(model: nn.Module, images: Tensor, masks: Tensor | None = None, st
 def context_r2_of_run(run: str | Path, data_root: str | Path, category: str, max_images: int | None = None,
                       train_images: int = 16, progress: bool = False) -> dict[str, Any]:
     """:func:`context_r2` of the fitted run folder ``run`` on the test split of ``category`` under
-    ``data_root`` (every test image, or the first ``max_images``; the defect-free patches only), at the
-    run's image size.  Also, as ``*_train``, the same on the first ``train_images`` *training* images,
-    which the Global-Net was fitted on: far more explained there than on new images means the Global-Net
+    ``data_root`` (every test image, or the first ``max_images`` of each defect type, as
+    :class:`glance_lite.data.mvtec.MVTecDataset` keeps them; the defect-free patches only), at the run's
+    image size.  Also, as ``*_train``, the same on the first ``train_images`` *training* images, which
+    the Global-Net was fitted on: far more explained there than on new images means the Global-Net
     learned the training images rather than the category.  Adds the numbers of images and the sizes."""
     from ..models.model import GlanceModel
 
     model = GlanceModel.load(run).eval()
     size = model.preset.image_size
     cat = find_category(data_root, category)
-    samples: Sequence[Any] = cat.test[:max_images] if max_images else cat.test
-    if not samples:
+    test = MVTecDataset(cat, "test", size, max_images=max_images)
+    if len(test) == 0:
         raise ValueError(f"{Path(data_root) / category}: no test images")
-    images = torch.stack([load_image(s.path, size) for s in samples])
-    masks = torch.stack([load_mask(s.mask_path, size) if s.mask_path is not None
-                         else torch.zeros(*images.shape[-2:]) for s in samples])
+    items = [test[i] for i in range(len(test))]
+    images = torch.stack([it["image"] for it in items])
+    masks = torch.stack([it["mask"][0] for it in items])
     out: dict[str, Any] = dict(context_r2(model, images, masks, progress=progress))
-    out.update(n_images=len(samples), patch_size=model.preset.patch_size, image_size=size)
-    if train_images > 0 and cat.train:
-        tr = torch.stack([load_image(s.path, size) for s in cat.train[:train_images]])
+    out.update(n_images=len(test), patch_size=model.preset.patch_size, image_size=size)
+    train = MVTecDataset(cat, "train", size, max_images=train_images) if train_images > 0 else None
+    if train is not None and len(train):
+        tr = torch.stack([train[i]["image"] for i in range(len(train))])
         t = context_r2(model, tr, progress=progress)
         out.update(r2_context_train=t["r2_context"], r2_position_train=t["r2_position"], n_train_images=len(tr))
     return out

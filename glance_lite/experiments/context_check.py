@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from ..common.fileio import atomic_write_json
 from ..common.presets import hardware_info
 from ..evaluate.context import context_r2_of_run
+from .validation import finished_rows
 
 __all__ = ["context_rows", "main"]
 
@@ -39,9 +40,7 @@ def context_rows(validation_files: Sequence[str | Path], max_images: int | None 
         v = json.loads(Path(f).read_text())
         name = v.get("preset_fields", {}).get("name", Path(f).parent.name)
         seed = v.get("preset_fields", {}).get("seed")
-        for r in v.get("rows", []):
-            if r.get("status", "ok") != "ok":
-                continue
+        for r in finished_rows(v.get("rows", [])):
             run = Path(r.get("run", ""))
             if not (run / "model.pt").is_file():
                 skipped.append({"variant": name, "source": r.get("source", "?"), "why": f"no fitted run at {run}"})

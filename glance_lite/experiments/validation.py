@@ -74,6 +74,7 @@ from ..common.fileio import DatasetError, GlanceError, atomic_write_json, defaul
 from ..common.presets import CHOICES, Preset, get_preset, hardware_info, same_local_net, same_preset, training_fields
 
 __all__ = [
+    "finished_rows",
     "HELDOUT_VERSION",
     "DEFECT_TYPES",
     "MIN_MEAN_CHANGE",
@@ -683,9 +684,15 @@ def lambda_sweep(run: Path) -> dict[str, float]:
     return pro_by_lambda(ablation_from_head_maps(run, SWEEP_LAMBDAS))
 
 
+def finished_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of a validation file (its ``"rows"``) that finished: status ``ok`` and an AU-PRO.
+    Every reader of validation files filters through this one function."""
+    return [r for r in rows if r.get("status") == "ok" and r.get("AU-PRO") is not None]
+
+
 def mean_row(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """The mean of each numeric column over the finished rows that have a value for it."""
-    ok = [r for r in rows if r.get("status") == "ok"]
+    """The mean of each numeric column over the finished rows (:func:`finished_rows`) that have a value for it."""
+    ok = finished_rows(rows)
     out: dict[str, Any] = {"source": "mean", "mode": "", "status": "ok", "n_sources": len(ok)}
     for k in _NUM:
         vals = [float(r[k]) for r in ok if r.get(k) is not None]
@@ -707,8 +714,9 @@ def borrow_ts(val: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for name, v in val.items():
         rows = []
         donors = [(n, d) for n, d in val.items() if n != name and d.get("ts") and same_weights(d, v)]
+        finished = {id(r) for r in finished_rows(v.get("rows", []))}
         for r in v.get("rows", []):
-            if r.get("ts_AU-PRO") is None and r.get("status") == "ok":
+            if r.get("ts_AU-PRO") is None and id(r) in finished:
                 for n, d in donors:
                     twin = next((t for t in d["rows"] if t.get("source") == r.get("source")
                                  and t.get("ts_AU-PRO") is not None), None)

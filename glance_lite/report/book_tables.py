@@ -210,8 +210,11 @@ def seed_repeats(val: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 
 def _ok_rows(v: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows of a validation file that finished, with an AU-PRO."""
-    return [r for r in v["rows"] if r.get("status", "ok") == "ok" and r.get("AU-PRO") is not None]
+    """The rows of a validation file that finished, with an AU-PRO
+    (:func:`glance_lite.experiments.validation.finished_rows`)."""
+    from ..experiments.validation import finished_rows
+
+    return finished_rows(v["rows"])
 
 
 def _seed_names(val: dict[str, dict[str, Any]], base: str) -> list[str]:
@@ -488,7 +491,7 @@ def local_nets_against_validation(nets: Sequence[dict[str, Any]], val: dict[str,
     for e in nets:
         name, v = variant_of(e["sha256"], str(e.get("teacher", "")))
         if v is not None:
-            per_source[e["sha256"]] = {r["source"]: r.get("AU-PRO") for r in v["rows"] if r.get("status") == "ok"}
+            per_source[e["sha256"]] = {r["source"]: r["AU-PRO"] for r in _ok_rows(v)}
         extra = (e.get("corpus") or {}).get("extra")
         rows.append({
             "Local-Net": f"{e['sha256'][:8]} ({'shipped' if e.get('_shipped') else 'candidate'})",
