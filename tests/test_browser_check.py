@@ -25,6 +25,8 @@ DEFECTS = {
                  '<p><span class="math notranslate nohighlight">\\(s = \\lambda s_{IAD}\\)</span></p>'),
     "wide_table": ("", '<div class="cell_output"><table style="width:1500px"><tr><td>category</td><td>AU-PRO</td>'
                        '</tr></table></div>'),
+    "wide_code": ("", '<div class="cell_input"><pre style="white-space:pre;overflow:auto">'
+                      + "x = " + " + ".join(["value"] * 60) + "</pre></div>"),
     "abs_path": ("", '<div class="cell_output"><pre>/home/builder/glance-lite/data/runs/cpu-cable</pre></div>'),
     "traceback": ("", '<div class="cell_output"><pre>Traceback (most recent call last):\n  File "x.py"</pre></div>'),
     "broken_image": ("", '<div class="cell_output"><img src="missing.png"></div>'),
@@ -48,7 +50,7 @@ def test_each_defect_fails_and_a_clean_page_passes(tmp_path):
     res = check_book(_site(tmp_path, pages), tmp_path / "shots", forbid=["/home/builder"])
     assert res["clean.html"] == []
     expect = {"pipe": "pipe table", "cdn_math": "another host", "wide_table": "wider than the column",
-              "abs_path": "absolute path", "traceback": "traceback", "broken_image": "images that do not load"}
+              "wide_code": "wider than the column", "abs_path": "absolute path", "traceback": "traceback", "broken_image": "images that do not load"}
     for name, words in expect.items():
         assert any(words in p for p in res[f"{name}.html"]), (name, res[f"{name}.html"])
     assert any("not typeset" in p for p in res["cdn_math.html"])

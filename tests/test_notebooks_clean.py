@@ -74,3 +74,18 @@ def test_notebook_is_valid_nbformat_with_unique_cell_ids(nb):
     assert not missing, f"{nb.name}: cells {missing} have no id"
     assert len(set(ids)) == len(ids), f"{nb.name}: repeated cell ids"
     nbformat.validate(nbformat.reads(nb.read_text(), as_version=4))
+
+
+def test_chapter_code_is_formatted_for_the_column(tmp_path):
+    # black at 72 characters (tools/format_notebooks.py): the rendered code column holds about 73
+    pytest.importorskip("black")
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from format_notebooks import format_notebook, format_source
+
+    bad = {nb.name: cells for nb in NOTEBOOKS if (cells := format_notebook(nb, check=True))}
+    assert not bad, f"run `python tools/format_notebooks.py`: {bad}"
+    # and the check can fail: a long call is split
+    long = "result = some_function(first_argument, second_argument, third_argument, fourth)\n"
+    assert format_source(long) != long and all(len(x) <= 72 for x in format_source(long).splitlines())

@@ -7,7 +7,7 @@ host is blocked and reported.  On each page:
 * no raw pipe tables (a markdown table rendered as a paragraph of ``|``);
 * no ``Traceback`` and no error outputs;
 * every image loads;
-* no output wider than the content column (a cut-off table or line);
+* no output, and no code, wider than the content column (a cut-off table or line);
 * no absolute path of the build machine (``--forbid``, by default the repository and the home folder);
 * no request to another host.
 
@@ -43,7 +43,8 @@ async () => {
   const text = main.innerText;
   const raw = main.innerHTML;
   const wide = [];
-  for (const el of article.querySelectorAll("div.cell_output, div.cell_output pre, div.cell_output table, " +
+  for (const el of article.querySelectorAll("div.cell_output, div.cell_output pre, div.cell_input pre, " +
+                                            "div.cell_output table, " +
                                             "div.cell_output img, article table:not(.highlighttable)")) {
     // an element that needs more width than it has (cut off or behind a scrollbar), or that sticks out
     const r = el.getBoundingClientRect();
