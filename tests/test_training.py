@@ -296,3 +296,51 @@ def test_smoothed_iad_target_is_what_the_global_net_regresses(tmp_path, monkeypa
 
     assert rows_in(seen["iad"], smooth) and not rows_in(seen["iad"], raw)
     assert rows_in(z[y == 0], raw)  # the clean DAD inputs are the patches' own Z_l
+
+
+def test_calibration_split_keeps_a_spread_quarter_out():
+    from glance_lite.train.training import calibration_split
+
+    joint, calib = calibration_split(60, 16)
+    assert len(calib) == 15 and len(joint) == 45  # at most a quarter
+    assert sorted(joint.tolist() + calib.tolist()) == list(range(60))  # a partition
+    assert calib[0] == 0 and calib[-1] == 59 and (calib.diff() >= 3).all()  # spread, not a block
+    joint, calib = calibration_split(200, 16)
+    assert len(calib) == 16 and len(joint) == 184
+    joint, calib = calibration_split(10, 0)
+    assert joint.tolist() == list(range(10)) and len(calib) == 0
+    with pytest.raises(ValueError):
+        get_preset("smoke", calibration_images=-1)
+
+
+def test_calibration_images_are_kept_from_the_joint_stage_and_fit_the_statistics(tmp_path, monkeypatch):
+    # the joint stage trains on the other images; the whitener and the normaliser are fitted on these
+    import glance_lite.train.training as T
+    from glance_lite.evaluate.evaluation import score_stats
+    from glance_lite.models.model import GlanceModel
+    from test_cli import _tiny_dataset
+
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
+    root = _tiny_dataset(tmp_path / "ds", size=48)
+    seen = {}
+    real = T.train_global
+
+    def spy(model, images, *a, **k):
+        seen["n"] = len(images)
+        return real(model, images, *a, **k)
+
+    monkeypatch.setattr(T, "train_global", spy)
+    p = get_preset("smoke", calibration_images=2, iad_metric="mahalanobis", score_norm="position")
+    run = tmp_path / "run"
+    T.fit(root, "widget", run, p, progress=False)
+    from glance_lite.data.mvtec import find_category
+
+    n = len(T.load_train_images(find_category(root, "widget"), p))
+    joint, calib = T.calibration_split(n, 2)
+    assert n >= 4 and len(calib) == min(2, n // 4) >= 1
+    assert seen["n"] == len(joint) == n - len(calib)
+    stats = score_stats(run, GlanceModel.load(run), find_category(root, "widget"))
+    assert stats["train_indices"] == calib.tolist() and stats["n_images"] == len(calib)
+    # without the field: every image trains, and the statistics come from (up to) 16 of them
+    T.fit(root, "widget", tmp_path / "run0", p.replace(calibration_images=0), progress=False)
+    assert seen["n"] == n

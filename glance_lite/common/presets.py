@@ -154,6 +154,14 @@ class Preset:
     Measured at 0.03 on the validation protocol (``cpu-stain03``, chapter 08): no effect, so ``cpu`` keeps 0.12.
     """
 
+    calibration_images: int = 0
+    """Training images kept out of the joint stage (Eq. 10), on which the scoring statistics -- the IAD
+    whitener and the score normaliser -- are fitted instead (:func:`glance_lite.train.training.calibration_split`;
+    at most a quarter of the training images).  0: the joint stage sees every training image and the
+    statistics come from 16 of them, as in every run before this field.  The Global-Net fits the images
+    it was trained on better than new normal images (chapter 08, "Why the ties"), so statistics from
+    those images understate how much it errs on a new normal image. ours."""
+
     # --- scoring (Eq. 11-13) and maps ----------------------------------------------------------
     lambda_s: float = 0.8
     """Balance of s_IAD and s_DAD in Eq. 13. paper: 0.8."""
@@ -197,6 +205,8 @@ class Preset:
             raise ValueError(f"preset field stain_min_axis={self.stain_min_axis}: must lie in (0, 0.3]")
         if self.iad_target_smoothing < 1 or self.iad_target_smoothing % 2 == 0:
             raise ValueError(f"preset field iad_target_smoothing={self.iad_target_smoothing}: must be odd and positive")
+        if self.calibration_images < 0:
+            raise ValueError(f"preset field calibration_images={self.calibration_images}: must be 0 or more")
         if self.global_holes < 1:
             raise ValueError(f"preset field global_holes={self.global_holes}: must be at least 1")
 
@@ -231,14 +241,15 @@ EVALUATION_FIELDS: tuple[str, ...] = ("lambda_s", "score_stride", "idw_power", "
 
 LATER_FIELDS: dict[str, Any] = {"dad_negatives": "stain", "global_lr": None, "global_schedule": "constant",
                                 "stain_min_axis": 0.12, "global_readout": "mean",
-                                "iad_target_smoothing": 1}
+                                "iad_target_smoothing": 1, "calibration_images": 0}
 """Training fields added after runs were first keyed, with the value every earlier run had: they are
 left out of :func:`training_fields` at that value, so that adding them renames no earlier run."""
 
 
 JOINT_STAGE_FIELDS: tuple[str, ...] = ("global_channels", "global_strides", "dad_hidden", "lambda_t", "global_steps",
                                        "global_holes", "dad_negatives", "global_lr", "global_schedule",
-                                       "stain_min_axis", "global_readout", "iad_target_smoothing")
+                                       "stain_min_axis", "global_readout", "iad_target_smoothing",
+                                       "calibration_images")
 """Training fields that only change the joint Global-Net + DAD stage (Eq. 10), never the Local-Net: two
 presets that differ only in these (and in :data:`EVALUATION_FIELDS`) share the Local-Net, and so the
 TS baseline, which is trained on the Local-Net alone."""

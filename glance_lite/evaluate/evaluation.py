@@ -220,7 +220,8 @@ IAD_WHITENER = "iad_whitener.pt"
 
 def score_stats(run_dir: str | Path, model: GlanceModel, category: Any = None, progress: bool = False,
                 train_images: Any = None) -> dict[str, Any]:
-    """The run's scoring statistics, fitted on 16 training images spread over the training set:
+    """The run's scoring statistics, fitted on 16 training images spread over the training set (or, with
+    ``preset.calibration_images``, on the training images the joint stage was not trained on):
     the score normaliser (:func:`glance_lite.score.scoring.fit_score_normaliser`) and, when
     ``preset.iad_metric == "mahalanobis"``, the IAD whitener fitted in the same scoring pass
     (:func:`glance_lite.score.scoring.fit_whitened_normaliser`, returned under ``"iad_whitener"``).
@@ -259,7 +260,12 @@ def score_stats(run_dir: str | Path, model: GlanceModel, category: Any = None, p
             category = find_category(cfg["data_root"], cfg["category"])
         train_images = load_train_images(category, model.preset)
     n = len(train_images)
-    pick = torch.linspace(0, n - 1, min(16, n)).round().long().unique()
+    if model.preset.calibration_images > 0 and n >= 4:  # the images the joint stage never saw
+        from ..train.training import calibration_split
+
+        pick = calibration_split(n, model.preset.calibration_images)[1]
+    else:
+        pick = torch.linspace(0, n - 1, min(16, n)).round().long().unique()
     method = model.preset.score_norm if model.preset.score_norm != "none" else "zscore"
     if whiten:  # whitener and statistics from one scoring pass; the whitener is written first
         stats = fit_whitened_normaliser(model, train_images[pick], method=method, progress=progress)

@@ -48,6 +48,7 @@ from ..data.stains import add_stain
 from .schedule import lr_schedule, warmup_steps
 
 __all__ = [
+    "calibration_split",
     "StageHistory",
     "run_stage",
     "step_generators",
@@ -651,6 +652,20 @@ def load_train_images(category: Any, preset: Preset) -> torch.Tensor:
     return torch.stack([ds[i]["image"] for i in range(len(ds))])
 
 
+def calibration_split(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(joint, calibration)``: indices of ``n`` training images for the joint stage, and the ``k``
+    (at most ``n // 4``) kept out of it for the scoring statistics (preset field ``calibration_images``),
+    spread evenly over the sorted file list so that no run of consecutive captures is taken whole.
+    ``k = 0``: every image is for the joint stage and none is kept out."""
+    if n < 1 or k < 0:
+        raise GlanceError(f"calibration_split: needs n >= 1 and k >= 0, got n={n}, k={k}")
+    k = min(k, n // 4)
+    calib = torch.linspace(0, n - 1, k).round().long().unique() if k else torch.zeros(0, dtype=torch.long)
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[calib] = False
+    return torch.nonzero(keep).flatten(), calib
+
+
 def fit(
     data_root: str | Path,
     category: str,
@@ -728,7 +743,8 @@ def fit(
     model.global_net = type(model.global_net).from_preset(preset)
     model.dad = type(model.dad)(preset.descriptor_dim, preset.dad_hidden)
     model.to(dev)
-    h_glob = train_global(model, images, out, progress)
+    joint, _ = calibration_split(len(images), preset.calibration_images)
+    h_glob = train_global(model, images[joint], out, progress)
     hist = {h.stage: h.to_dict() for h in (h_pre, h_fine, h_glob)}
     config.update(
         teacher=tname,
