@@ -250,6 +250,10 @@ def test_lever_table_names_a_hole_read_out():
     lev = book_tables.validation_levers({"cpu-z": variant("cpu-z", 1, iad_target_smoothing=3)})
     assert lev.loc["cpu-z", "IAD, λ_s"] == "whitened, 0.8, 3×3 target"
     assert "target" not in book_tables.validation_levers({"cpu-y": variant("cpu-y", 2)}).loc["cpu-y", "IAD, λ_s"]
+    lev = book_tables.validation_levers({"cpu-c": variant("cpu-c", 1, calibration_images=16),
+                                         "cpu-y": variant("cpu-y", 2)})
+    assert lev.loc["cpu-c", "joint steps × holes, DAD negatives"].endswith(", 16 images kept for the statistics")
+    assert "kept" not in lev.loc["cpu-y", "joint steps × holes, DAD negatives"]
 
 
 def test_context_table_averages_fits_and_joins_the_seed_intervals():

@@ -369,6 +369,13 @@ def _target(f: dict[str, Any]) -> str:
     return "" if k == LATER_FIELDS["iad_target_smoothing"] else f", {k}×{k} target"
 
 
+def _calibration(f: dict[str, Any]) -> str:
+    """", 16 images kept for the statistics" when a variant keeps training images out of the joint stage to
+    fit the scoring statistics on (preset field ``calibration_images``); else ""."""
+    k = int(f.get("calibration_images", LATER_FIELDS["calibration_images"]))
+    return "" if k == LATER_FIELDS["calibration_images"] else f", {k} images kept for the statistics"
+
+
 def _negatives(f: dict[str, Any]) -> str:
     """The DAD negatives of a variant: ``stain``, ``stain+swap``, with " (≥ 0.03 p)" when its stains
     can be smaller than the default (preset field ``stain_min_axis``)."""
@@ -402,7 +409,7 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
             kind = "candidate"
         out.append({"variant": name, "image, Local-Net": f"{f['image_size']} px, {kind} p{patch}{weights}{_finetune(f)}",
                     "joint steps × holes, DAD negatives": f"{f['global_steps']} × {f.get('global_holes', 1)}, "
-                                                          f"{_negatives(f)}{_joint_lr(f)}{_readout(f)}",
+                                                          f"{_negatives(f)}{_joint_lr(f)}{_readout(f)}{_calibration(f)}",
                     "IAD, λ_s": f"{'whitened' if f.get('iad_metric') == 'mahalanobis' else 'Eq. 11'}, {f.get('lambda_s'):g}"
                                 f"{_stride(f)}{_target(f)}",
                     "sources": m["n_sources"],
