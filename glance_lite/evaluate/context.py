@@ -116,7 +116,7 @@ def context_r2_of_run(run: str | Path, data_root: str | Path, category: str, max
     """:func:`context_r2` of the fitted run folder ``run`` on the test split of ``category`` under
     ``data_root`` (every test image, or the first ``max_images`` of each defect type, as
     :class:`glance_lite.data.mvtec.MVTecDataset` keeps them; the defect-free patches only), at the run's
-    image size.  Also, as ``*_train``, the same on the first ``train_images`` *training* images, which
+    image size.  Also, as ``*_train``, the same on the first ``train_images`` *training* images that
     the Global-Net was fitted on: far more explained there than on new images means the Global-Net
     learned the training images rather than the category.  Adds the numbers of images and the sizes."""
     from ..models.model import GlanceModel
@@ -132,9 +132,13 @@ def context_r2_of_run(run: str | Path, data_root: str | Path, category: str, max
     masks = torch.stack([it["mask"][0] for it in items])
     out: dict[str, Any] = dict(context_r2(model, images, masks, progress=progress))
     out.update(n_images=len(test), patch_size=model.preset.patch_size, image_size=size)
-    train = MVTecDataset(cat, "train", size, max_images=train_images) if train_images > 0 else None
-    if train is not None and len(train):
-        tr = torch.stack([train[i]["image"] for i in range(len(train))])
+    train = MVTecDataset(cat, "train", size, max_images=model.preset.max_train_images)
+    if train_images > 0 and len(train):
+        from ..train.training import calibration_split
+
+        # the joint stage's images only (preset field calibration_images keeps some out of it)
+        joint = calibration_split(len(train), model.preset.calibration_images)[0][:train_images]
+        tr = torch.stack([train[int(i)]["image"] for i in joint])
         t = context_r2(model, tr, progress=progress)
         out.update(r2_context_train=t["r2_context"], r2_position_train=t["r2_position"], n_train_images=len(tr))
     return out
