@@ -234,6 +234,7 @@ def score_stats(run_dir: str | Path, model: GlanceModel, category: Any = None, p
     """
     from ..score.iad_metric import load_whitener, save_whitener
     from ..score.scoring import fit_score_normaliser, fit_whitened_normaliser
+    from ..train.training import calibration_split, load_train_images, spread_indices
 
     whiten = model.preset.iad_metric == "mahalanobis"
     path = Path(run_dir) / (WHITENED_STATS if whiten else SCORE_STATS)
@@ -248,8 +249,6 @@ def score_stats(run_dir: str | Path, model: GlanceModel, category: Any = None, p
                 raise GlanceError(f"{wpath}: cannot be read ({e}); delete it and {path.name} to refit them") from e
         return stats
     if train_images is None:
-        from ..train.training import load_train_images
-
         if category is None:
             from ..data.mvtec import find_category
 
@@ -260,12 +259,9 @@ def score_stats(run_dir: str | Path, model: GlanceModel, category: Any = None, p
             category = find_category(cfg["data_root"], cfg["category"])
         train_images = load_train_images(category, model.preset)
     n = len(train_images)
-    if model.preset.calibration_images > 0 and n >= 4:  # the images the joint stage never saw
-        from ..train.training import calibration_split
-
-        pick = calibration_split(n, model.preset.calibration_images)[1]
-    else:
-        pick = torch.linspace(0, n - 1, min(16, n)).round().long().unique()
+    # the images the joint stage never saw (preset field calibration_images), else 16 of the training images
+    calib = calibration_split(n, model.preset.calibration_images)[1]
+    pick = calib if len(calib) else spread_indices(n, 16)
     method = model.preset.score_norm if model.preset.score_norm != "none" else "zscore"
     if whiten:  # whitener and statistics from one scoring pass; the whitener is written first
         stats = fit_whitened_normaliser(model, train_images[pick], method=method, progress=progress)

@@ -684,10 +684,14 @@ def lambda_sweep(run: Path) -> dict[str, float]:
     return pro_by_lambda(ablation_from_head_maps(run, SWEEP_LAMBDAS))
 
 
+def _finished(row: dict[str, Any]) -> bool:
+    return row.get("status") == "ok" and row.get("AU-PRO") is not None
+
+
 def finished_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows of a validation file (its ``"rows"``) that finished: status ``ok`` and an AU-PRO.
     Every reader of validation files filters through this one function."""
-    return [r for r in rows if r.get("status") == "ok" and r.get("AU-PRO") is not None]
+    return [r for r in rows if _finished(r)]
 
 
 def mean_row(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -714,9 +718,8 @@ def borrow_ts(val: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for name, v in val.items():
         rows = []
         donors = [(n, d) for n, d in val.items() if n != name and d.get("ts") and same_weights(d, v)]
-        finished = {id(r) for r in finished_rows(v.get("rows", []))}
         for r in v.get("rows", []):
-            if r.get("ts_AU-PRO") is None and id(r) in finished:
+            if r.get("ts_AU-PRO") is None and _finished(r):
                 for n, d in donors:
                     twin = next((t for t in d["rows"] if t.get("source") == r.get("source")
                                  and t.get("ts_AU-PRO") is not None), None)

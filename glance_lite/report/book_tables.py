@@ -22,7 +22,7 @@ from .paper_tables import (MVTEC_CATEGORIES, TABLE1_PRO, TABLE2_PIXEL_AUROC, TAB
                            TEXTURES, category_key)
 from ..common.presets import LATER_FIELDS, PRESETS
 from ..experiments.reproduce import load_patchcore, pro_by_lambda
-from ..experiments.validation import LEGACY_LOCAL_NETS, local_net_id, same_weights, ts_lenders
+from ..experiments.validation import LEGACY_LOCAL_NETS, finished_rows, local_net_id, same_weights, ts_lenders
 
 __all__ = ["tables_1_and_2", "missing_note", "bar_rows", "offline_table", "table_4", "provenance_html",
            "validation_levers", "validation_sources", "validation_lambda", "seed_repeats", "validation_seeds",
@@ -212,8 +212,6 @@ def seed_repeats(val: dict[str, dict[str, Any]]) -> dict[str, str]:
 def _ok_rows(v: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows of a validation file that finished, with an AU-PRO
     (:func:`glance_lite.experiments.validation.finished_rows`)."""
-    from ..experiments.validation import finished_rows
-
     return finished_rows(v["rows"])
 
 

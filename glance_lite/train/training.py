@@ -49,6 +49,7 @@ from .schedule import lr_schedule, warmup_steps
 
 __all__ = [
     "calibration_split",
+    "spread_indices",
     "StageHistory",
     "run_stage",
     "step_generators",
@@ -652,6 +653,13 @@ def load_train_images(category: Any, preset: Preset) -> torch.Tensor:
     return torch.stack([ds[i]["image"] for i in range(len(ds))])
 
 
+def spread_indices(n: int, k: int) -> torch.Tensor:
+    """``min(k, n)`` indices into ``range(n)``, spread evenly from the first to the last (the training
+    images a run fits its scoring statistics on, :func:`glance_lite.evaluate.evaluation.score_stats`)."""
+    k = min(k, n)
+    return torch.linspace(0, n - 1, k).round().long().unique() if k > 0 else torch.zeros(0, dtype=torch.long)
+
+
 def calibration_split(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(joint, calibration)``: indices of ``n`` training images for the joint stage, and the ``k``
     (at most ``n // 4``) kept out of it for the scoring statistics (preset field ``calibration_images``),
@@ -659,8 +667,7 @@ def calibration_split(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     ``k = 0``: every image is for the joint stage and none is kept out."""
     if n < 1 or k < 0:
         raise GlanceError(f"calibration_split: needs n >= 1 and k >= 0, got n={n}, k={k}")
-    k = min(k, n // 4)
-    calib = torch.linspace(0, n - 1, k).round().long().unique() if k else torch.zeros(0, dtype=torch.long)
+    calib = spread_indices(n, min(k, n // 4))
     keep = torch.ones(n, dtype=torch.bool)
     keep[calib] = False
     return torch.nonzero(keep).flatten(), calib
