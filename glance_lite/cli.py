@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--results", default=None,
                     help="folder for <preset>/validation.json (default: --out), e.g. glance_lite/results/validation")
     va.add_argument("--no-ts", action="store_true", help="skip the TS (Uninformed Students) baseline")
+    va.add_argument("--reuse", action="append", default=None, metavar="VALIDATION_JSON",
+                    help="repeatable; take the finished rows of another validation.json with the same settings "
+                         "(all preset fields but the name) as they are, e.g. to join sources run as separate jobs")
     va.add_argument("--quiet", action="store_true")
     _device_option(va)
     _variant_options(va)
@@ -325,7 +328,7 @@ def _run(args: argparse.Namespace) -> int:
         p = _preset_from_args(args)
         print(describe(p), file=sys.stderr)
         return run_cli(args.source, args.out, p, teacher=args.teacher, ts=not args.no_ts, progress=not args.quiet,
-                       results=args.results, device=args.device)
+                       results=args.results, device=args.device, reuse=args.reuse)
     raise AssertionError(args.cmd)  # pragma: no cover
 
 

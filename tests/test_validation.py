@@ -313,3 +313,47 @@ def test_finished_rows_is_the_one_filter_every_reader_uses():
     assert [r["source"] for r in finished_rows(rows)] == ["a", "d"]
     assert mean_row(rows)["n_sources"] == 2 and abs(mean_row(rows)["AU-PRO"] - 0.8) < 1e-9
     assert book_tables._ok_rows({"rows": rows}) == finished_rows(rows)
+
+
+def test_sources_run_as_separate_jobs_join_into_one_variant(tmp_path, monkeypatch):
+    """``validate --reuse``: parts fitted under other names are taken as they are; a part with other
+    settings is not, and an unreadable file is refused by name."""
+    from glance_lite.data.offline_data import make_offline
+    from glance_lite.common.presets import get_preset
+
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
+    off = make_offline(tmp_path / "off", size=64, n_train=6, n_test_good=2, n_test_defect=2)
+    p = get_preset("smoke").replace(global_steps=2)
+    out, res = tmp_path / "val", tmp_path / "res"
+    a, b = f"{off}:brick", f"{off}:cable"
+    part_a = V.validate([a], out, p.replace(name="part-a"), ts=False, progress=False, results=res)
+    part_b = V.validate([b], out, p.replace(name="part-b"), ts=False, progress=False, results=res)
+    other = V.validate([b], out, p.replace(name="other", lambda_s=0.5), ts=False, progress=False, results=res)
+    assert [r["status"] for r in part_a + part_b + other] == ["ok"] * 3
+
+    import glance_lite.evaluate.evaluation
+    import glance_lite.train.training
+
+    def refuse(what):
+        def f(*a, **k):
+            raise RuntimeError(what)
+        return f
+
+    monkeypatch.setattr(glance_lite.train.training, "fit", refuse("refitted"))
+    monkeypatch.setattr(glance_lite.evaluate.evaluation, "evaluate_run", refuse("re-evaluated"))
+    files = [str(res / n / "validation.json") for n in ("part-a", "part-b")]
+    argv = ["validate", "--out", str(out), "--results", str(res), "--preset", "smoke", "--set", "global_steps=2",
+            "--name", "joined", "--no-ts", "--quiet", "--source", a, "--source", b]
+    assert main([*argv, "--reuse", files[0], "--reuse", files[1]]) == 0
+    joined = json.loads((res / "joined" / "validation.json").read_text())
+    assert [r["AU-PRO"] for r in joined["rows"]] == [part_a[0]["AU-PRO"], part_b[0]["AU-PRO"]]
+    assert [r["reused_from"] for r in joined["rows"]] == files
+    assert joined["preset"] == "joined" and joined["mean"]["n_sources"] == 2
+    # lambda_s differs: the "other" row describes other settings and is not taken (so it would refit)
+    rows = V.validate([b], out, p.replace(name="joined-2"), ts=False, progress=False, results=res,
+                      reuse=[res / "other" / "validation.json"])
+    assert rows[0]["status"] == "failed" and "refitted" in rows[0]["error"]
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    with pytest.raises(GlanceError, match="junk.json"):
+        V.validate([b], out, p.replace(name="joined-3"), ts=False, progress=False, results=res,
+                   reuse=[tmp_path / "junk.json"])

@@ -634,7 +634,10 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
     key = run_key(preset, teacher, _data_id(src, data_root))
     now = _shipped_id(preset.to_dict(), old.get("teacher")) if old else None
     same_net = now is None or row_local_net(old) in (None, now)
-    if old and old.get("status") == "ok" and old.get("key") == key and same_net and same_preset(old.get("preset_fields"), preset) and (not ts or old.get("ts") is not None
+    fields = old.get("preset_fields") if old else None
+    if isinstance(fields, dict):  # the variant's name changes no number: a row of another name counts
+        fields = {**fields, "name": preset.name}
+    if old and old.get("status") == "ok" and old.get("key") == key and same_net and same_preset(fields, preset) and (not ts or old.get("ts") is not None
                                                                         or old.get("AU-PRO") is None):
         if "lambda_sweep" not in old and Path(old.get("run", "")).joinpath("head_maps.npz").is_file():
             old = dict(old, lambda_sweep=lambda_sweep(Path(old["run"])))  # rows written before the sweep existed
@@ -817,9 +820,30 @@ def validation_table_markdown(rows: Sequence[dict[str, Any]], mean: bool = True)
     return "\n".join(lines)
 
 
+def reusable_rows(files: Iterable[str | os.PathLike]) -> dict[str, dict[str, Any]]:
+    """The rows of other ``validation.json`` files, by source, each marked with ``reused_from``: what
+    ``validate --reuse`` offers for reuse.  A file that cannot be read raises :class:`GlanceError` naming it.
+
+    This is how sources split over several jobs or machines (one ``--name`` each, the same settings)
+    become one variant: a final ``validate`` over every source with ``--reuse`` on the parts' files
+    takes their finished rows as they are -- with their own timings -- when the run key, the
+    Local-Net and every preset field but the name agree; any other source is fitted as usual.  The
+    earlier file wins for a source that two files hold."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in files:
+        d = _read_json(Path(f))
+        if not isinstance(d, dict) or not isinstance(d.get("rows"), list):
+            raise GlanceError(f"--reuse {f}: not a validation.json written by glance-lite validate")
+        for r in d["rows"]:
+            if isinstance(r, dict) and r.get("source") and r["source"] not in out:
+                out[r["source"]] = {**r, "reused_from": str(f)}
+    return out
+
+
 def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, preset: Preset | None = None,
              teacher: str = "auto", ts: bool = True, progress: bool = True,
-             results: str | os.PathLike | None = None, device: str | None = None) -> list[dict[str, Any]]:
+             results: str | os.PathLike | None = None, device: str | None = None,
+             reuse: Sequence[str | os.PathLike] | None = None) -> list[dict[str, Any]]:
     """Run the validation protocol on ``sources`` (default: :func:`default_sources`); return the rows.
 
     For each source: build the held-out set (``heldout`` mode), ``fit`` into ``out/runs/...``,
@@ -829,6 +853,8 @@ def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, pre
     again; a failing source becomes a row with ``status: failed`` and its ``error``, and the others
     still run.  ``results`` puts ``<preset-name>/validation.json`` in another folder than ``out``
     (e.g. the committed ``glance_lite/results/validation``, while held-out images and runs stay in ``out``).
+    ``reuse`` names other ``validation.json`` files whose finished rows of the same settings are taken
+    as they are (:func:`reusable_rows`).
     """
     from ..train.training import git_commit
 
@@ -849,7 +875,8 @@ def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, pre
                               f"{out / 'data' / s.category}; validate them into different --out folders")
     res_path = Path(results if results is not None else out) / p.name / "validation.json"
     prev = _read_json(res_path) or {}
-    old_rows = {r.get("source"): r for r in prev.get("rows", []) if isinstance(r, dict)}
+    old_rows = reusable_rows(reuse or ())
+    old_rows.update({r.get("source"): r for r in prev.get("rows", []) if isinstance(r, dict)})
     rows: list[dict[str, Any]] = []
 
     def write() -> None:
@@ -879,14 +906,15 @@ def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, pre
 
 
 def run_cli(source_specs: Sequence[str] | None, out: str, preset: Preset, teacher: str = "auto",
-            ts: bool = True, progress: bool = True, results: str | None = None, device: str | None = None) -> int:
+            ts: bool = True, progress: bool = True, results: str | None = None, device: str | None = None,
+            reuse: Sequence[str] | None = None) -> int:
     """``glance-lite validate``: validate, print the markdown table, one stderr line per failed
     source; returns the exit status (1 when a source failed)."""
     import sys
 
     sources = [parse_source(s) for s in source_specs] if source_specs else None
     rows = validate(sources, out, preset, teacher=teacher, ts=ts, progress=progress, results=results,
-                    device=device)
+                    device=device, reuse=reuse)
     print(validation_table_markdown(rows))
     print(Path(results if results is not None else out) / preset.name / "validation.json")
     failed = [r for r in rows if r.get("status") != "ok"]
