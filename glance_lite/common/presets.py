@@ -43,12 +43,17 @@ class Preset:
     image_size: int = 256
     """Side of the square image the networks see. paper: 256 (Sec. 4.2, supplement)."""
     patch_size: int = 33
-    """Side p of the square patch. paper: 33; UniStud offers 17, 33 and 65."""
+    """Side p of the square patch. paper: 33; UniStud offers 17, 33 and 65.  17 was measured with the
+    ``cpu`` settings (``cpu-p17-3k``, chapter 08): TS gained far more than glance-lite on the offline
+    ``mesh`` (glance - TS -0.102) and glance-lite lost on the hazelnut toy (-0.156), so ``cpu`` keeps 33."""
     extra_patch_sizes: tuple[int, ...] = ()
     """Multi-scale maps: other patch sizes (17, 33 or 65), each with its own Local-Net, Global-Net and
     heads, trained in ``RUN/scales/p<size>/``.  At evaluation every size's head maps are standardised
     with its own training-image statistics (``score_norm``) and averaged with those of ``patch_size``.
-    Empty: one scale, as in the paper. UniStud (its multi-scale TS); ours for glance-lite."""
+    Empty: one scale, as in the paper. UniStud (its multi-scale TS); ours for glance-lite.  Measured as
+    ``(17,)`` with the ``cpu`` settings (``cpu-ms17-3k``, chapter 08): offline ``mesh`` 0.867 against 0.785
+    but TS rose as much (glance - TS -0.004), held-out ``screw`` unchanged, the hazelnut toy 0.880 against
+    0.916 and below its TS (-0.043), at about twice the cost, so ``cpu`` keeps one scale."""
     batch_size: int = 64
     """Mini-batch size for every training stage. paper: 64."""
     lr: float = 1e-4
