@@ -49,7 +49,10 @@ def _preset_from_args(args: argparse.Namespace):
         raise GlanceError(f"--name {args.name!r}: use letters, digits, '.', '_' or '-', and not the name "
                           f"of a built-in preset ({', '.join(sorted(PRESETS))}) for a changed preset")
     if changes or args.name:
-        p = p.replace(name=args.name or f"{p.name}-custom", **changes)
+        try:  # a value that makes no sense (global_steps=-5, lr=nan): one line naming the field
+            p = p.replace(name=args.name or f"{p.name}-custom", **changes)
+        except ValueError as e:
+            raise GlanceError(f"--set: {e}") from None
     return p
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 import platform
 from dataclasses import dataclass
@@ -216,6 +218,47 @@ class Preset:
             raise ValueError(f"preset field calibration_images={self.calibration_images}: must be 0 or more")
         if self.global_holes < 1:
             raise ValueError(f"preset field global_holes={self.global_holes}: must be at least 1")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Refuse step counts, sizes, rates and weights that make no sense, with a ``ValueError`` of one
+        line naming the field and its value: the whole-number fields of :data:`COUNT_FIELDS` at or above
+        their least value, the real-valued fields of :data:`RATE_BOUNDS` finite and in range, the patch
+        size one the Local-Net has, the image no smaller than any patch, the Global-Net's channels and
+        strides positive and as many of one as of the other."""
+        def bad(name: str, value: Any, must: str) -> ValueError:
+            return ValueError(f"preset field {name}={value!r}: must {must}")
+
+        def whole(v: Any) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        for name, least in COUNT_FIELDS.items():
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL_FIELDS:
+                continue
+            if not whole(value) or value < least:
+                raise bad(name, value, f"be a whole number >= {least}" + OPTIONAL_FIELDS.get(name, ""))
+        if self.patch_size not in (17, 33, 65):
+            raise bad("patch_size", self.patch_size, "be 17, 33 or 65 (the Local-Net's patch sizes)")
+        for size in (self.patch_size, *self.extra_patch_sizes):
+            if self.image_size < size:
+                raise bad("image_size", self.image_size, f"be at least the patch size {size}")
+        for name, (low, high, low_open) in RATE_BOUNDS.items():
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL_FIELDS:
+                continue
+            if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+                    or value < low or (low_open and value == low) or value > high):
+                where = (("> " if low_open else ">= ") + f"{low:g}" if high == math.inf
+                         else f"in {'(' if low_open else '['}{low:g}, {high:g}]")
+                raise bad(name, value, f"be a finite number {where}" + OPTIONAL_FIELDS.get(name, ""))
+        for name in ("global_channels", "global_strides"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not value or not all(whole(v) and v >= 1 for v in value):
+                raise bad(name, value, "be a non-empty tuple of whole numbers >= 1")
+        if len(self.global_channels) != len(self.global_strides):
+            raise ValueError(f"preset field global_strides={self.global_strides!r}: must have one stride per "
+                             f"channel of global_channels={self.global_channels!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The preset as a JSON-friendly dict."""
@@ -302,6 +345,26 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "global_readout": ("mean", "hole"),
 }
 """The allowed values of the preset's string fields that are choices (checked on construction)."""
+
+COUNT_FIELDS: dict[str, int] = {
+    "image_size": 1, "patch_size": 1, "batch_size": 1, "seed": 0, "teacher_input_size": 1, "descriptor_dim": 1,
+    "pretrain_patches": 1, "pretrain_steps": 1, "finetune_patches": 1, "finetune_steps": 1, "dad_hidden": 1,
+    "global_steps": 1, "global_holes": 1, "iad_target_smoothing": 1, "calibration_images": 0, "score_stride": 1,
+    "idw_neighbours": 1, "max_train_images": 1, "max_test_images": 1, "checkpoint_every": 1,
+}
+"""The preset's whole-number fields and the least value each may take (checked on construction)."""
+
+OPTIONAL_FIELDS: dict[str, str] = {"max_train_images": " (or None for all)", "max_test_images": " (or None for all)",
+                                   "global_lr": " (or None for lr)"}
+"""Numeric fields that may also be ``None``, with what ``None`` means (added to their error message)."""
+
+RATE_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "lr": (0.0, math.inf, True), "global_lr": (0.0, math.inf, True), "weight_decay": (0.0, math.inf, False),
+    "lambda_k": (0.0, math.inf, False), "lambda_c": (0.0, math.inf, False), "lambda_t": (0.0, math.inf, False),
+    "lambda_s": (0.0, 1.0, False), "idw_power": (0.0, math.inf, True), "stain_min_axis": (0.0, 0.3, True),
+}
+"""The preset's real-valued fields as ``(low, high, low excluded)``: each must be finite and lie in that range
+(checked on construction)."""
 
 #: The three presets.  The field docstrings above give the ``paper`` values and their sources; every
 #: value that ``cpu`` and ``smoke`` change is **ours**, chosen so that ``cpu`` fits one real category in
