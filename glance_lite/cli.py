@@ -194,9 +194,24 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--category", required=True)
     ts.add_argument("--students", type=int, default=None,
                     help="number of students (default: the TS baseline's, students.DEFAULT_STUDENTS)")
+    ts.add_argument("--steps", type=int, default=None,
+                    help="train each student exactly this many steps (default: until its held-out error "
+                         "stops falling, with at least the joint stage's steps in all; students.stop_rule)")
     ts.add_argument("--no-eval", action="store_true", help="train the students only")
     ts.add_argument("--quiet", action="store_true")
     _device_option(ts)
+
+    nn = sub.add_parser("knn", help="the nearest-neighbour control on a fitted run: each test patch scored by "
+                                    "the distance of its Local-Net descriptor to the nearest training patches "
+                                    "(no training); writes RUN/metrics_knn.json")
+    nn.add_argument("run")
+    nn.add_argument("--data", required=True)
+    nn.add_argument("--category", required=True)
+    nn.add_argument("--k", type=int, default=None, help="neighbours averaged per patch (default: knn.DEFAULT_K)")
+    nn.add_argument("--max-bank", type=int, default=None,
+                    help="most training descriptors kept, a seeded random subset above it (default: knn.MAX_BANK)")
+    nn.add_argument("--quiet", action="store_true")
+    _device_option(nn)
 
     va = sub.add_parser("validate", help="choose settings without the test split: fit + evaluate + TS on "
                                          "held-out training images with synthetic defects (see validation.py)")
@@ -291,11 +306,20 @@ def _run(args: argparse.Namespace) -> int:
 
         n = DEFAULT_STUDENTS if args.students is None else args.students
         with _ranks(args.device) as (ctx, dev):
-            fit_students(args.run, args.data, args.category, n_students=n, progress=not args.quiet
-                         and ctx.is_main, device=dev)
+            fit_students(args.run, args.data, args.category, n_students=n, steps=args.steps,
+                         progress=not args.quiet and ctx.is_main, device=dev)
         if ctx.is_main and not args.no_eval:
             res = evaluate_students(args.run, args.data, args.category, progress=not args.quiet, device=dev)
             print(json.dumps({k: res.get(k) for k in ("category", "image_AUROC", "pixel_AUROC", "AU-PRO")}))
+        return 0
+    if args.cmd == "knn":
+        from .baselines.knn import DEFAULT_K, MAX_BANK, evaluate_knn
+
+        res = evaluate_knn(args.run, args.data, args.category, k=DEFAULT_K if args.k is None else args.k,
+                           max_bank=MAX_BANK if args.max_bank is None else args.max_bank,
+                           progress=not args.quiet, device=args.device)
+        print(json.dumps({k: res.get(k) for k in ("category", "image_AUROC", "pixel_AUROC", "AU-PRO", "k",
+                                                   "bank_size")}))
         return 0
     if args.cmd == "evaluate":
         from .evaluate.evaluation import evaluate_run

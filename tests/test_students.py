@@ -242,3 +242,64 @@ def test_errors_name_the_run(tmp_path):
     (run / "students.pt").write_bytes(b"garbage")
     with pytest.raises(GlanceError, match="students.pt"):
         StudentEnsemble.from_run(run)
+
+
+# ---------------------------------------------------------------------------------------------
+# the stop rule: students train until their held-out error stops falling
+# ---------------------------------------------------------------------------------------------
+
+
+def test_stop_rule_gives_the_students_the_joint_stage_steps():
+    from glance_lite.baselines.students import stop_rule
+
+    cpu = get_preset("cpu")
+    r = stop_rule(cpu, 3)
+    assert r["min_steps"] * 3 >= cpu.global_steps and r["min_steps"] == 1000 and r["max_steps"] == 1500
+    assert stop_rule(cpu.replace(global_steps=100), 3)["min_steps"] == cpu.finetune_steps // 2  # never below 200
+    with pytest.raises(GlanceError):
+        stop_rule(cpu, 0)
+
+
+def test_has_converged_reads_the_last_fifth():
+    from glance_lite.baselines.students import has_converged
+
+    rule = {"min_steps": 500, "max_steps": 2000, "tol": 0.01, "window": 0.2}
+    steps = list(range(0, 1001, 100))
+    falling = [1.0 * 0.9 ** i for i in range(len(steps))]  # 10 % per evaluation: not converged
+    assert not has_converged(steps, falling, rule)
+    flat = falling[:8] + [falling[7] * 0.999] * 3  # 0.1 % over the last fifth (800 -> 1000)
+    assert has_converged(steps, flat, rule)
+    assert not has_converged(steps[:5], flat[:5], rule)  # before min_steps never
+    rising = falling[:9] + [falling[8] * 1.1] * 2  # a rise counts as no gain
+    assert has_converged(steps, rising, rule)
+    assert has_converged([0, 2000], [1.0, 0.1], rule)  # the cap
+    assert not has_converged([], [], rule)
+    # 1 % is the line: 2 % gain over the last fifth goes on
+    assert not has_converged(steps, falling[:8] + [falling[7] * 0.99, falling[7] * 0.985, falling[7] * 0.98], rule)
+
+
+def test_converged_students_record_their_curves_and_resume_exactly(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
+    root = _tiny_dataset(tmp_path / "ds")
+    a = _fake_run(tmp_path / "a")
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    from glance_lite.baselines.students import stop_rule
+
+    rule = stop_rule(PRESET, 2)
+    pa = fit_students(a, root, "widget", n_students=2, progress=False)
+    pb = fit_students(b, root, "widget", n_students=2, progress=False, stop_after=rule["min_steps"] + 1)
+    assert not pb.is_file()
+    pb = fit_students(b, root, "widget", n_students=2, progress=False)
+    ea, eb = StudentEnsemble.load(pa), StudentEnsemble.load(pb)
+    assert ea.info["settings"]["rule"] == rule and ea.info["heldout_curves"] == eb.info["heldout_curves"]
+    for (ka, va), (kb, vb) in zip(ea.state_dict().items(), eb.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+    for curve, stop in zip(ea.info["heldout_curves"], ea.info["stop_steps"]):
+        assert curve["steps"][0] == 0 and curve["steps"][-1] == stop == curve["stop_step"]
+        assert rule["min_steps"] <= stop <= rule["max_steps"]
+        assert curve["loss"][-1] < curve["loss"][0]  # the held-out error fell
+        assert all(s % rule["eval_every"] == 0 or s == rule["max_steps"] for s in curve["steps"])
+    m = run_ts_baseline(a, root, "widget", progress=False)
+    assert m["students"]["stop_steps"] == ea.info["stop_steps"] and m["students"]["settings"]["rule"] == rule
+    assert len(m["students"]["heldout_curves"]) == 2

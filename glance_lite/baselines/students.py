@@ -42,12 +42,18 @@ Design decisions (each a deviation from Uninformed Students, for the book's erra
   So each step regresses ``preset.batch_size`` random patches drawn from a cached pool of
   ``preset.finetune_patches`` training patches whose teacher descriptors are computed once.  The
   dense machinery is used for scoring.
-* Deviation (budget): the original trains each student for 100 epochs at learning rate 1e-4.  We
-  train each student for ``preset.finetune_steps // 2`` steps at ``min(5 * preset.lr, 1e-3)``
-  (cpu preset: 200 steps of 32 patches at 1e-3; paper preset: 5000 steps of 64 at 5e-4), Adam with
-  ``preset.weight_decay`` (1e-5, as the original).  With the cpu preset's pre-trained Local-Net as
-  teacher the held-out MSE of one student fell from 1.0 to 0.055 after 100 steps, 0.028 after 200
-  and 0.013 after 500, so 200 steps keep three students within a few minutes on two cores.
+* Deviation (budget) and the stop rule: the original trains each student for 100 epochs at learning
+  rate 1e-4.  We train each student at ``min(5 * preset.lr, 1e-3)`` (Adam, ``preset.weight_decay``)
+  until it has *converged*, judged on held-out data: every ``eval_every`` steps the mean squared error
+  on :data:`HELDOUT_PATCHES` patches of the held-out training images (never trained on) is recorded,
+  and a student stops at the first evaluation ``t >= min_steps`` where that error fell by less than
+  :data:`STOP_TOL` (1 %) over the last :data:`STOP_WINDOW` (a fifth) of its steps, or at the cap
+  ``max_steps``.  ``min_steps`` gives the ensemble at least the joint stage's compute: ``M * min_steps
+  >= preset.global_steps`` (``cpu``: 1,000 steps per student against 3,000 joint steps);
+  ``max_steps = 1.5 * min_steps`` bounds the time (:func:`stop_rule`).  Each student's held-out curve,
+  its stop step and the rule are recorded in ``students.pt`` and ``metrics_ts.json``.  Stopping at a
+  fixed 200 steps per student, as this baseline first did, left the students far from convergence
+  (held-out error still falling fast), and the control was too weak.
 * Deviation (validation set): the original normalises ``e`` and ``v`` with statistics of a
   validation set of anomaly-free images.  MVTec AD has none, so we hold out ``val_fraction = 10 %``
   of the training images (at least one; a seeded permutation) from student training and fit the
@@ -75,14 +81,20 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..common.devices import resolve_device
-from ..common.fileio import GlanceError, atomic_write, atomic_write_json, load_torch, save_torch
+from ..common.fileio import GlanceError, atomic_write_json, load_torch, save_torch
 from ..models.local_net import LocalNet
 from ..common.presets import Preset, hardware_info, training_fields
 
 __all__ = [
     "DEFAULT_STUDENTS",
     "VAL_FRACTION",
-    "default_steps",
+    "HELDOUT_PATCHES",
+    "STOP_TOL",
+    "STOP_WINDOW",
+    "stop_rule",
+    "fixed_rule",
+    "has_converged",
+    "heldout_loss",
     "default_lr",
     "regression_error",
     "predictive_variance",
@@ -91,6 +103,7 @@ __all__ = [
     "make_pool",
     "new_student",
     "train_student",
+    "train_until_converged",
     "fit_students",
     "student_patch_scores",
     "student_maps",
@@ -107,9 +120,75 @@ VAL_FRACTION = 0.1
 _STUDENT_SEED = 7919  # offset between the per-student seeds (a prime, so seeds never collide)
 
 
-def default_steps(preset: Preset) -> int:
-    """Optimiser steps per student: ``preset.finetune_steps // 2`` (at least 1). ours."""
-    return max(1, int(preset.finetune_steps) // 2)
+HELDOUT_PATCHES = 1024
+"""Patches of the held-out training images on which each student's convergence is judged. ours."""
+
+STOP_TOL = 0.01
+"""A student has converged when its held-out error fell by less than this fraction ... ours."""
+
+STOP_WINDOW = 0.2
+"""... over this last fraction of its steps. ours."""
+
+CAP_FACTOR = 1.5
+"""``max_steps = CAP_FACTOR * min_steps``: the cap on a student's steps. ours."""
+
+
+def stop_rule(preset: Preset, n_students: int = DEFAULT_STUDENTS) -> dict[str, Any]:
+    """The convergence rule of the students of a run with this preset (see the module docstring).
+
+    ``min_steps = max(preset.finetune_steps // 2, ceil(preset.global_steps / n_students))``, so that the
+    ensemble gets at least the joint stage's optimiser steps; ``max_steps = ceil(1.5 * min_steps)``;
+    the held-out error is evaluated every ``eval_every = max(1, min_steps // 10)`` steps.
+    """
+    if n_students < 1:
+        raise GlanceError(f"need at least one student, got {n_students}")
+    lo = max(1, int(preset.finetune_steps) // 2, -(-int(preset.global_steps) // int(n_students)))
+    return {"kind": "heldout-plateau", "min_steps": lo, "max_steps": int(np.ceil(CAP_FACTOR * lo)),
+            "eval_every": max(1, lo // 10), "tol": STOP_TOL, "window": STOP_WINDOW,
+            "heldout_patches": HELDOUT_PATCHES}
+
+
+def fixed_rule(steps: int) -> dict[str, Any]:
+    """A rule that trains every student exactly ``steps`` steps (its held-out curve is still recorded)."""
+    if steps < 1:
+        raise GlanceError(f"need steps >= 1, got {steps}")
+    return {"kind": "fixed", "min_steps": int(steps), "max_steps": int(steps), "eval_every": max(1, int(steps) // 10),
+            "tol": STOP_TOL, "window": STOP_WINDOW, "heldout_patches": HELDOUT_PATCHES}
+
+
+def has_converged(steps: list[int], losses: list[float], rule: dict[str, Any]) -> bool:
+    """Whether a student with held-out errors ``losses`` at ``steps`` (ascending) stops now.
+
+    It stops at ``max_steps``; before ``min_steps`` never; in between when the error at the last
+    evaluation ``t`` is less than ``tol`` (relative) below the error at the last evaluation at or
+    before ``(1 - window) t`` -- a rise counts as no gain.
+    """
+    if not steps:
+        return False
+    t = steps[-1]
+    if t >= rule["max_steps"]:
+        return True
+    if t < rule["min_steps"]:
+        return False
+    back = (1.0 - float(rule["window"])) * t
+    j = max(i for i, s_ in enumerate(steps) if s_ <= back) if steps[0] <= back else 0
+    before, now = float(losses[j]), float(losses[-1])
+    return before <= 0 or (before - now) / before < float(rule["tol"])
+
+
+@torch.no_grad()
+def heldout_loss(student: LocalNet, patches: Tensor, targets: Tensor, batch: int = 512) -> float:
+    """Mean over patches of the squared error averaged over dimensions (the training loss), on uint8
+    ``patches`` and standardised ``targets``."""
+    dev = next(student.parameters()).device
+    was = student.training
+    student.eval()
+    tot = 0.0
+    for a in range(0, len(patches), batch):
+        x = patches[a : a + batch].to(dev).float() / 255
+        tot += float((student(x) - targets[a : a + batch].to(dev)).pow(2).mean(1).sum())
+    student.train(was)
+    return tot / max(1, len(patches))
 
 
 def default_lr(preset: Preset) -> float:
@@ -381,6 +460,68 @@ def train_student(
                      precision=Precision(dev, preset.mixed_precision))
 
 
+def train_until_converged(
+    student: LocalNet,
+    k: int,
+    patches: Tensor,
+    targets: Tensor,
+    held_patches: Tensor,
+    held_targets: Tensor,
+    preset: Preset,
+    rule: dict[str, Any],
+    lr: float,
+    ckpt: str | Path,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> tuple[Any, dict[str, Any], bool]:
+    """Train student ``k`` (:func:`train_student`) until :func:`has_converged` says stop.
+
+    Every ``rule["eval_every"]`` steps (and at step 0) the held-out error (:func:`heldout_loss` on
+    ``held_patches`` / ``held_targets``) is appended to the curve, which is written atomically beside
+    the checkpoint (``<ckpt stem>_heldout.json``), so that a stopped call resumes the curve with the
+    weights.  ``stop_after`` ends the call after that many optimiser steps.
+
+    Returns ``(history, curve, finished)``; ``curve = {"steps", "loss", "stop_step"}``.
+    """
+    ckpt = Path(ckpt)
+    curve_path = ckpt.with_name(ckpt.stem + "_heldout.json")
+    curve: dict[str, Any] = {"steps": [], "loss": []}
+    if curve_path.is_file():
+        try:
+            curve = json.loads(curve_path.read_text())
+        except ValueError as e:
+            raise GlanceError(f"{curve_path}: unreadable held-out curve ({e}); delete it and {ckpt}") from e
+    every, top = int(rule["eval_every"]), int(rule["max_steps"])
+    step = int(load_torch(ckpt)["step"]) if ckpt.is_file() else 0
+    hist = train_student(student, k, patches, targets, preset, step, lr, ckpt, progress=False)  # loads weights
+    bar = tqdm(total=top, initial=step, desc=f"student {k}", disable=not progress, leave=False)
+    remaining = stop_after
+    try:
+        while True:
+            if (step % every == 0 or step >= top) and (not curve["steps"] or curve["steps"][-1] < step):
+                curve["steps"].append(step)
+                curve["loss"].append(heldout_loss(student, held_patches, held_targets))
+                atomic_write_json(curve_path, curve)
+                bar.set_postfix(heldout=f"{curve['loss'][-1]:.4f}")
+            if has_converged(curve["steps"], curve["loss"], rule):
+                curve["stop_step"] = curve["steps"][-1]
+                return hist, curve, True
+            if remaining is not None and remaining <= 0:
+                return hist, curve, False
+            target = min(top, (step // every + 1) * every)
+            hist = train_student(student, k, patches, targets, preset, target, lr, ckpt, stop_after=remaining,
+                                 progress=False)
+            ran = len(hist.records) - step
+            step = len(hist.records)
+            bar.update(ran)
+            if remaining is not None:
+                remaining -= ran
+            if step < target:
+                return hist, curve, False
+    finally:
+        bar.close()
+
+
 def _check_category(run_dir: Path, category: str) -> dict[str, Any]:
     cfg_path = run_dir / "config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
@@ -403,13 +544,16 @@ def fit_students(
 ) -> Path:
     """Train the TS baseline's students for a finished glance-lite run; writes ``run_dir/students.pt``.
 
-    The teacher is the run's fine-tuned Local-Net.  ``steps`` (per student) defaults to
-    :func:`default_steps`, ``lr`` to :func:`default_lr`.  Resumable: the teacher-descriptor pool is
-    cached in ``run_dir/checkpoints/students_cache.pt`` and each student has its own checkpoint
-    ``run_dir/checkpoints/students_<k>.pt``; re-running continues where a stopped call ended.
-    ``stop_after`` ends the call after that many optimiser steps in total (students.pt is then not
-    written yet).  An existing ``students.pt`` trained with the same settings is reused; one with
-    other settings raises :class:`GlanceError` (delete it and the ``students_*`` checkpoints).
+    The teacher is the run's fine-tuned Local-Net.  Each student trains until it has converged on
+    held-out patches (:func:`stop_rule`, :func:`train_until_converged`); ``steps`` instead trains each
+    exactly that many steps (:func:`fixed_rule`).  ``lr`` defaults to :func:`default_lr`.  Resumable:
+    the teacher-descriptor pools (training and held-out) are cached in
+    ``run_dir/checkpoints/students_cache.pt`` and each student has its own checkpoint and held-out
+    curve ``run_dir/checkpoints/students_<k>.pt`` / ``students_<k>_heldout.json``; re-running continues
+    where a stopped call ended.  ``stop_after`` ends the call after that many optimiser steps in total
+    (students.pt is then not written yet).  An existing ``students.pt`` trained with the same settings
+    is reused; one with other settings raises :class:`GlanceError` (delete it and the ``students_*``
+    checkpoints).
 
     Returns the path of ``students.pt``.
     """
@@ -422,11 +566,11 @@ def fit_students(
     model = GlanceModel.load(run_dir)
     _check_category(run_dir, category)
     p = model.preset
-    steps = default_steps(p) if steps is None else int(steps)
+    if n_students < 1:
+        raise GlanceError(f"need n_students >= 1, got {n_students}")
+    rule = stop_rule(p, n_students) if steps is None else fixed_rule(int(steps))
     lr = default_lr(p) if lr is None else float(lr)
-    if n_students < 1 or steps < 1:
-        raise GlanceError(f"need n_students >= 1 and steps >= 1, got {n_students} and {steps}")
-    settings = {"n_students": int(n_students), "steps": steps, "lr": lr, "val_fraction": float(val_fraction),
+    settings = {"n_students": int(n_students), "rule": rule, "lr": lr, "val_fraction": float(val_fraction),
                 "pool": int(p.finetune_patches), "seed": int(p.seed), "batch_size": int(p.batch_size)}
     out = run_dir / "students.pt"
     if out.is_file():
@@ -444,7 +588,8 @@ def fit_students(
     ck = run_dir / "checkpoints"
     cache_path = ck / "students_cache.pt"
     pool_key = json.dumps({k: settings[k] for k in ("val_fraction", "pool", "seed")}
-                          | {"n_images": len(images), "image_size": p.image_size}, sort_keys=True)
+                          | {"n_images": len(images), "image_size": p.image_size,
+                             "heldout": rule["heldout_patches"]}, sort_keys=True)
     from ..common.distributed import main_says
 
     if main_says(cache_path.is_file()):  # the ranks must take this branch alike (barriers)
@@ -458,14 +603,17 @@ def fit_students(
         def make() -> dict[str, Any]:
             t0 = time.perf_counter()
             pool = make_pool(teacher, images[train_idx], p.finetune_patches, p.seed + 5)
-            return {**pool, "key": pool_key, "seconds": time.perf_counter() - t0}
+            held = make_pool(teacher, images[val_idx], rule["heldout_patches"], p.seed + 6)
+            return {**pool, "held_patches": held["patches"], "held_targets": held["targets"], "key": pool_key,
+                    "seconds": time.perf_counter() - t0}
 
         cache = cached(cache_path, make)  # data-parallel: rank 0 makes it, the others read it
 
     ens = StudentEnsemble(n_students, p.patch_size, p.descriptor_dim, p)
     ens.set_teacher_stats(cache["targets"])
     targets = ens.standardise(cache["targets"])
-    students, hists = [], []
+    held_targets = ens.standardise(cache["held_targets"])
+    students, hists, curves = [], [], []
     remaining = stop_after
     for k in range(n_students):
         student = new_student(p.patch_size, p.descriptor_dim, _student_seed(p, k)).to(dev)
@@ -473,14 +621,16 @@ def fit_students(
         before = int(load_torch(ckpt)["step"]) if ckpt.is_file() else 0
         if remaining is not None and remaining <= 0:
             return out
-        h = train_student(student, k, cache["patches"], targets, p, steps, lr, ckpt,
-                          stop_after=remaining, progress=progress)
+        h, curve, done = train_until_converged(student, k, cache["patches"], targets, cache["held_patches"],
+                                               held_targets, p, rule, lr, ckpt, stop_after=remaining,
+                                               progress=progress)
         if remaining is not None:
             remaining -= len(h.records) - before
-        if len(h.records) < steps:
+        if not done:
             return out
         students.append(student)
         hists.append(h)
+        curves.append(curve)
 
     ens = StudentEnsemble.from_students(students, p)
     ens.set_teacher_stats(cache["targets"])
@@ -505,6 +655,9 @@ def fit_students(
         "stats_seconds": round(time.perf_counter() - t0, 2),
         "final_losses": [h.final() for h in hists],
         "first_losses": [h.records[0]["loss"] for h in hists],
+        "stop_steps": [c["stop_step"] for c in curves],
+        "heldout_curves": curves,
+        "converged": [c["stop_step"] < rule["max_steps"] or rule["kind"] == "fixed" for c in curves],
         "score_stats": {k: float(getattr(ens, k)) for k in ("e_mean", "e_std", "v_mean", "v_std")},
         "hardware": hardware_info(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -599,7 +752,6 @@ def evaluate_students(
     training fields must be the run's.
     """
     from ..models.model import GlanceModel
-    from ..data.mvtec import MVTecDataset, find_category
     from ..train.training import git_commit
 
     run_dir = Path(run_dir)
@@ -615,38 +767,27 @@ def evaluate_students(
         if training_fields(preset) != training_fields(p):
             raise GlanceError(f"{run_dir}: was fitted with another preset than {preset.name!r} (only scoring fields may differ)")
         p = preset
-    cat = find_category(data_root, category)
-    ds = MVTecDataset(cat, "test", p.image_size, max_images=p.max_test_images)
-    if len(ds) == 0:
-        raise GlanceError(f"{cat.root}: no test images")
-    maps, masks, labels, paths, defects = [], [], [], [], []
-    t0 = time.perf_counter()
-    for i in tqdm(range(len(ds)), desc=f"TS {category}", disable=not progress):
-        item = ds[i]
-        maps.append(student_maps(ens, model.local_net, item["image"][None], stride=p.score_stride,
-                                 power=p.idw_power, neighbours=p.idw_neighbours)[0].numpy())
-        masks.append(item["mask"][0].numpy())
-        labels.append(int(item["label"]))
-        paths.append(item["path"])
-        defects.append(item["defect"])
-    sec = (time.perf_counter() - t0) / len(ds)
-    maps_a = np.stack(maps)
-    masks_a = np.stack(masks).astype(np.uint8) if cat.has_masks else None
-    labels_a = np.array(labels)
+    from .test_split import save_maps_npz, score_test_split
+
+    tm = score_test_split(data_root, category, p, lambda x: student_maps(
+        ens, model.local_net, x, stride=p.score_stride, power=p.idw_power, neighbours=p.idw_neighbours),
+        f"TS {category}", progress)
+    maps_a, masks_a, labels_a = tm["maps"], tm["masks"], tm["labels"]
     info = ens.info
     result: dict[str, Any] = {
         "method": "TS (Uninformed Students) on the run's fine-tuned Local-Net",
         "category": category,
         **_metrics(maps_a, masks_a, labels_a),
         "n_students": ens.n_students,
-        "n_test": len(ds),
-        "seconds_per_image": round(sec, 4),
+        "n_test": len(labels_a),
+        "seconds_per_image": tm["seconds_per_image"],
         "preset": p.name,
         "preset_fields": p.to_dict(),
         "teacher": info.get("teacher", model.teacher),
         "students": {k: info.get(k) for k in ("settings", "n_train_images", "n_val_images", "val_in_sample",
                                                "pool_seconds", "student_seconds", "stats_seconds",
-                                               "final_losses", "score_stats")},
+                                               "final_losses", "stop_steps", "converged", "heldout_curves",
+                                               "score_stats")},
         "fit_seconds": round(float(info.get("pool_seconds", 0) or 0) + sum(info.get("student_seconds") or [])
                              + float(info.get("stats_seconds", 0) or 0), 1),
         "hardware": hardware_info(),
@@ -656,13 +797,7 @@ def evaluate_students(
         "data_root": str(Path(data_root).resolve()),
     }
 
-    def _npz(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, maps=maps_a.astype(np.float32),
-                                masks=masks_a if masks_a is not None else np.zeros(0), labels=labels_a,
-                                defects=np.array(defects), paths=np.array(paths))
-
-    atomic_write(run_dir / "ts_maps.npz", _npz)
+    save_maps_npz(run_dir / "ts_maps.npz", maps_a, masks_a, labels_a, tm["defects"], tm["paths"])
     atomic_write_json(run_dir / "metrics_ts.json", result)
     return result
 
@@ -678,6 +813,7 @@ def run_ts_baseline(run_dir: str | Path, data_root: str | Path, category: str, p
     """
     from ..models.model import GlanceModel
     from ..train.training import scale_dir, scale_preset
+    from .test_split import save_maps_npz
 
     if not (Path(run_dir) / "students.pt").is_file():
         fit_students(run_dir, data_root, category, progress=progress, device=device)
@@ -708,11 +844,6 @@ def run_ts_baseline(run_dir: str | Path, data_root: str | Path, category: str, p
                   seconds_per_image=round(sum(v["seconds_per_image"] for v in singles.values()), 4),
                   fit_seconds=round(sum(v["fit_seconds"] for v in singles.values()), 1))
 
-    def _npz(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, maps=maps_a.astype(np.float32), masks=d0["masks"], labels=d0["labels"],
-                                defects=d0["defects"], paths=d0["paths"])
-
-    atomic_write(Path(run_dir) / "ts_maps.npz", _npz)
+    save_maps_npz(Path(run_dir) / "ts_maps.npz", maps_a, masks_a, d0["labels"], d0["defects"], d0["paths"])
     atomic_write_json(Path(run_dir) / "metrics_ts.json", result)
     return result

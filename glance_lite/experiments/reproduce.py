@@ -29,7 +29,7 @@ import numpy as np
 from ..common.fileio import GlanceError, atomic_write_json
 from ..common.presets import Preset, get_preset, hardware_info, same_preset
 
-__all__ = ["LAMBDAS", "ARCHIVE", "default_roots", "ablation_from_head_maps", "fit_evaluate_ts", "pro_by_lambda",
+__all__ = ["LAMBDAS", "ARCHIVE", "default_roots", "ablation_from_head_maps", "fit_evaluate_ts", "local_comparison", "pro_by_lambda",
            "reproduce", "reproduce_parallel", "tasks", "select_shard", "parse_devices", "finished", "load_results",
            "load_validation", "load_patchcore"]
 
@@ -67,13 +67,15 @@ def ablation_from_head_maps(run_dir: str | Path, lambdas: Iterable[float] = LAMB
 
 def fit_evaluate_ts(root: str | Path, category: str, run: str | Path, preset: Preset, teacher: str = "auto",
                     ts: bool = True, progress: bool = True, device: str | None = None,
-                    overlays: int | None = 0) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, float]]:
+                    overlays: int | None = 0) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, float]]:
     """What every reproduced (:func:`reproduce`) or validated (:func:`glance_lite.experiments.validation.validate`)
     category runs on one run folder: ``fit`` (which resumes, or returns at once when finished),
     ``evaluate_run`` with the preset's evaluation fields, and, when ``ts`` and the evaluation scored
-    something, the TS baseline on the same run (same Local-Net).
+    something, the local-only controls on the same run (same Local-Net,
+    :func:`glance_lite.baselines.controls.run_local_controls`: converged TS and nearest neighbours).
 
-    Returns ``(metrics, ts_metrics or None, {"fit", "evaluate", "ts"} wall seconds)``."""
+    Returns ``(metrics, {control: its metrics} (empty without controls), {"fit", "evaluate", "ts",
+    "knn"} wall seconds)``."""
     from ..evaluate.evaluation import evaluate_run
     from ..train.training import fit
 
@@ -81,13 +83,39 @@ def fit_evaluate_ts(root: str | Path, category: str, run: str | Path, preset: Pr
     fit(root, category, run, preset, teacher=teacher, progress=progress, device=device)
     t1 = time.perf_counter()
     metrics = evaluate_run(run, root, category, progress=progress, overlays=overlays, preset=preset, device=device)
-    t2 = time.perf_counter()
-    tsm = None
+    secs = {"fit": t1 - t0, "evaluate": time.perf_counter() - t1}
+    controls: dict[str, dict[str, Any]] = {}
     if ts and metrics.get("AU-PRO") is not None:
-        from ..baselines.students import run_ts_baseline
+        from ..baselines.controls import CONTROLS, run_local_controls
 
-        tsm = run_ts_baseline(run, root, category, progress=progress, device=device, preset=preset)
-    return metrics, tsm, {"fit": t1 - t0, "evaluate": t2 - t1, "ts": time.perf_counter() - t2}
+        for name in CONTROLS:
+            t = time.perf_counter()
+            controls.update(run_local_controls(run, root, category, preset=preset, progress=progress,
+                                               device=device, which=(name,)))
+            secs[name] = time.perf_counter() - t
+    return metrics, controls, secs
+
+
+def local_comparison(metrics: dict[str, Any], controls: dict[str, dict[str, Any]], secs: dict[str, float]
+                     ) -> dict[str, Any]:
+    """The fields a results file or a validation row adds for the controls: each control's summary
+    (``ts``, ``knn``, with its wall seconds), the strongest control per metric (``local``) and
+    glance-lite minus it (``glance_minus_local``)."""
+    from ..baselines.controls import SUMMARY_KEYS, strongest, summary
+
+    out: dict[str, Any] = {}
+    for name, res in controls.items():
+        out[name] = dict(summary(res), wall_seconds=round(secs.get(name, 0.0), 1))
+    local, diff = {}, {}
+    for k in SUMMARY_KEYS:
+        name, v = strongest(controls, k)
+        local[k] = v
+        local[f"{k}_control"] = name
+        g = metrics.get(k)
+        diff[k] = None if v is None or g is None else round(float(g) - v, 6)
+    if controls:
+        out["local"], out["glance_minus_local"] = local, diff
+    return out
 
 
 def pro_by_lambda(ablation: dict[str, Any]) -> dict[str, float]:
@@ -167,7 +195,8 @@ def select_shard(items: list, spec: str | None) -> list:
 
 
 def finished(dest: Path, preset: Preset, ts: bool) -> bool:
-    """Whether ``dest`` holds a complete results folder for this preset (and the TS row, if asked)."""
+    """Whether ``dest`` holds a complete results folder for this preset (and, if asked, the local-only
+    controls: converged TS and nearest neighbours)."""
     m = dest / "metrics.json"
     if not m.is_file():
         return False
@@ -175,7 +204,8 @@ def finished(dest: Path, preset: Preset, ts: bool) -> bool:
         d = json.loads(m.read_text())
     except ValueError:
         return False
-    return same_preset(d.get("preset_fields"), preset) and (not ts or d.get("AU-PRO") is None or bool(d.get("ts")))
+    have = d.get("local") is not None and (d.get("ts") or {}).get("stop_steps") is not None
+    return same_preset(d.get("preset_fields"), preset) and (not ts or d.get("AU-PRO") is None or have)
 
 
 def reproduce(
@@ -211,8 +241,8 @@ def reproduce(
             rows.append(json.loads((dest / "metrics.json").read_text()))
             continue
         run = runs_root / f"{p.name}-{ds_name}-{cat}"
-        metrics, tsm, secs = fit_evaluate_ts(root, cat, run, p, teacher=teacher, ts=ts, progress=progress,
-                                             device=device, overlays=2)
+        metrics, controls, secs = fit_evaluate_ts(root, cat, run, p, teacher=teacher, ts=ts, progress=progress,
+                                                  device=device, overlays=2)
         dest.mkdir(parents=True, exist_ok=True)
         cfg = json.loads((run / "config.json").read_text())
         metrics.update(
@@ -223,9 +253,7 @@ def reproduce(
             written_by="glance-lite reproduce",
         )
         metrics.pop("data_root", None)
-        if tsm is not None:
-            metrics["ts"] = {k: tsm.get(k) for k in ("image_AUROC", "pixel_AUROC", "AU-PRO", "seconds_per_image")}
-            metrics["ts"]["wall_seconds"] = round(secs["ts"], 1)
+        metrics.update(local_comparison(metrics, controls, secs))
         atomic_write_json(dest / "metrics.json", metrics)
         if metrics.get("AU-PRO") is not None:
             abl = ablation_from_head_maps(run)

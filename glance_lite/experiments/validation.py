@@ -559,8 +559,14 @@ def make_heldout(source_root: str | os.PathLike, category: str, out_root: str | 
 NORMS = CHOICES["score_norm"]
 """The score normalisations every evaluation reports (:func:`glance_lite.score.scoring.normalise_scores`)."""
 
+CONTROLS_VERSION = 2
+"""Rows of this version hold the fair local-only controls (converged TS and nearest neighbours,
+:mod:`glance_lite.baselines.controls`); older rows hold a TS trained a fixed 200 steps per student and
+are fitted again when the controls are asked for."""
+
 _NUM = ("AU-PRO", "pixel_AUROC", "image_AUROC", "iad_only_AU-PRO", "dad_only_AU-PRO", "ts_AU-PRO",
-        "ts_pixel_AUROC", "glance_minus_ts_AU-PRO", "glance_minus_ts_pixel_AUROC", "seconds") + tuple(
+        "ts_pixel_AUROC", "knn_AU-PRO", "local_AU-PRO", "glance_minus_ts_AU-PRO", "glance_minus_ts_pixel_AUROC",
+        "glance_minus_local_AU-PRO", "seconds") + tuple(
         f"{k}_{n}" for n in NORMS for k in ("AU-PRO", "iad_only_AU-PRO")) + tuple(
         f"{k}_p{size}" for size in (17, 33, 65) for k in ("AU-PRO", "ts_AU-PRO"))
 """The numeric columns of a row (the mean row averages each over the finished rows that have it)."""
@@ -576,9 +582,10 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 
 def _set_glance_minus_ts(row: dict[str, Any]) -> None:
-    """A row's glance - TS columns, from its glance and TS AU-PRO and pixel AUROC."""
+    """A row's glance - TS and glance - strongest local control columns (AU-PRO and pixel AUROC)."""
     row["glance_minus_ts_AU-PRO"] = _diff(row.get("AU-PRO"), row.get("ts_AU-PRO"))
     row["glance_minus_ts_pixel_AUROC"] = _diff(row.get("pixel_AUROC"), row.get("ts_pixel_AUROC"))
+    row["glance_minus_local_AU-PRO"] = _diff(row.get("AU-PRO"), row.get("local_AU-PRO"))
 
 
 def _data_id(src: Source, data_root: Path) -> str:
@@ -637,15 +644,15 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
     fields = old.get("preset_fields") if old else None
     if isinstance(fields, dict):  # the variant's name changes no number: a row of another name counts
         fields = {**fields, "name": preset.name}
-    if old and old.get("status") == "ok" and old.get("key") == key and same_net and same_preset(fields, preset) and (not ts or old.get("ts") is not None
-                                                                        or old.get("AU-PRO") is None):
+    if old and old.get("status") == "ok" and old.get("key") == key and same_net and same_preset(fields, preset) and (not ts or old.get("AU-PRO") is None
+                                                                        or old.get("controls_version") == CONTROLS_VERSION):
         if "lambda_sweep" not in old and Path(old.get("run", "")).joinpath("head_maps.npz").is_file():
             old = dict(old, lambda_sweep=lambda_sweep(Path(old["run"])))  # rows written before the sweep existed
         return old, True
     run = out / "runs" / f"{src.name}-{key}"
     row.update(key=key, run=str(run), data_root=str(data_root), preset_fields=preset.to_dict())
-    m, tsm, secs = fit_evaluate_ts(data_root, src.category, run, preset, teacher=teacher, ts=ts, progress=progress,
-                                   device=device, overlays=0)
+    m, controls, secs = fit_evaluate_ts(data_root, src.category, run, preset, teacher=teacher, ts=ts,
+                                        progress=progress, device=device, overlays=0)
     heads = m.get("heads", {})
     row.update({k: m.get(k) for k in ("AU-PRO", "pixel_AUROC", "image_AUROC", "n_test", "teacher",
                                        "seconds_per_image")})
@@ -659,13 +666,17 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
         row[f"iad_only_AU-PRO_{n}"] = nm.get("iad_only", {}).get("AU-PRO")
     for k, v in (m.get("scales") or {}).items():  # multi-scale runs: each patch size alone
         row[f"AU-PRO_{k}"] = v.get("AU-PRO")
+    from .reproduce import local_comparison
+
     row["ts"] = None
-    if tsm is not None:
-        row["ts"] = {k: tsm.get(k) for k in ("AU-PRO", "pixel_AUROC", "image_AUROC")}
-        for k, v in (tsm.get("scales") or {}).items():
-            row[f"ts_AU-PRO_{k}"] = v.get("AU-PRO")
+    row.update(local_comparison(m, controls, secs))
+    for k, v in ((controls.get("ts") or {}).get("scales") or {}).items():
+        row[f"ts_AU-PRO_{k}"] = v.get("AU-PRO")
     tsr = row["ts"] or {}
     row["ts_AU-PRO"], row["ts_pixel_AUROC"] = tsr.get("AU-PRO"), tsr.get("pixel_AUROC")
+    row["knn_AU-PRO"] = (row.get("knn") or {}).get("AU-PRO")
+    row["local_AU-PRO"] = (row.get("local") or {}).get("AU-PRO")
+    row["controls_version"] = CONTROLS_VERSION
     _set_glance_minus_ts(row)
     row["seconds"] = round(time.perf_counter() - t0, 1)
     row["seconds_detail"] = {k: round(v, 1) for k, v in secs.items()}
