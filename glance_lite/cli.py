@@ -56,6 +56,18 @@ def _preset_from_args(args: argparse.Namespace):
     return p
 
 
+def _controls(spec: str | None) -> tuple[str, ...] | None:
+    from .baselines.controls import CONTROLS
+
+    if spec is None:
+        return None
+    names = tuple(c.strip() for c in spec.split(",") if c.strip())
+    bad = [c for c in names if c not in CONTROLS]
+    if bad or not names:
+        raise GlanceError(f"--controls {spec!r}: choose among {', '.join(CONTROLS)}")
+    return names
+
+
 def _preset_from_file(path: str):
     from .common.presets import Preset
 
@@ -174,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--teacher", default="auto")
     rp.add_argument("--runs", default=None, help="where run folders go (default data/runs)")
     rp.add_argument("--category", action="append", default=None)
-    rp.add_argument("--no-ts", action="store_true", help="skip the TS (Uninformed Students) baseline")
+    rp.add_argument("--no-ts", action="store_true", help="skip the local-only controls (TS and nearest neighbours)")
+    rp.add_argument("--controls", default=None, help="which local-only controls to run, comma-separated among "
+                                                     "ts, knn (default: both)")
     rp.add_argument("--devices", default=None,
                     help="comma-separated devices, e.g. cuda:0,cuda:1 (or cpu,cpu): one category per device "
                          "at a time, each in its own process with its log in RUNS/logs/")
@@ -343,10 +357,11 @@ def _run(args: argparse.Namespace) -> int:
         if args.devices:
             failed = reproduce_parallel(args.devices, args.out, data_roots=args.data, preset=p, teacher=args.teacher,
                                         runs=args.runs, categories=args.category, ts=not args.no_ts, shard=args.shard,
-                                        redo=args.redo, progress=not args.quiet)
+                                        redo=args.redo, progress=not args.quiet, controls=_controls(args.controls))
             return 1 if failed else 0
         reproduce(args.out, data_roots=args.data, preset=p, teacher=args.teacher, runs=args.runs,
                   categories=args.category, ts=not args.no_ts, device=args.device, shard=args.shard, redo=args.redo,
+                  controls=_controls(args.controls),
                   progress=not args.quiet)
         return 0
     if args.cmd == "validate":

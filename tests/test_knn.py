@@ -94,6 +94,15 @@ def test_end_to_end_on_a_run(tmp_path):
     # the bright square of the defect is far from every training patch: its pixels score higher
     masks = z["masks"].astype(bool)
     assert z["maps"][masks].mean() > z["maps"][~masks].mean()
+    # the scale of a normal score comes from held-out training images against a bank of the others
+    from glance_lite.baselines.students import split_train_val
+
+    tr, va = split_train_val(5, 0.1, model.preset.seed + 11)
+    train = load_train_images(cat, model.preset)
+    held = knn_patch_scores(model.local_net, memory_bank(model.local_net, train[tr], model.preset.score_stride),
+                            train[va], model.preset.score_stride)[0]
+    assert m["score_stats"]["n_images"] == 1 and m["score_stats"]["mean"] == pytest.approx(float(held.mean()), rel=1e-5)
+    assert m["score_stats"]["mean"] > 0  # a held-out patch is not in the bank
     with pytest.raises(GlanceError, match="scoring fields"):
         evaluate_knn(run, root, "widget", progress=False, preset=PRESET.replace(global_steps=PRESET.global_steps + 1))
 

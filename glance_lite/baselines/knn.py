@@ -24,6 +24,12 @@ Design decisions (for the errata page):
 * ours: ``k = 1`` (PatchCore's nearest neighbour) by default; PatchCore's re-weighting of the image score
   by the neighbour's own neighbourhood is not used, since only the pixel maps are compared.
 * The distance is the plain Euclidean one on ``Z_l`` (no whitening), as in PatchCore.
+* ours: the scale of a normal patch's score (``score_stats``: mean and standard deviation) is measured
+  on held-out training images -- the 10 % that the TS baseline holds out
+  (:func:`glance_lite.baselines.students.split_train_val`) -- against a bank of the other training
+  images, since a training patch is its own nearest neighbour in the full bank.  The control's own
+  maps do not use it (a constant shift and scale changes no metric); it is what lets a nearest-neighbour
+  map be added to other standardised maps.
 
 Defined in :doc:`/notebooks/06_mvtec_ad` (the "nearest neighbours" column of the results).
 """
@@ -44,7 +50,7 @@ from ..common.presets import Preset, hardware_info, training_fields
 from ..models.local_net import LocalNet
 
 __all__ = ["DEFAULT_K", "MAX_BANK", "grid_descriptors", "memory_bank", "knn_distances", "knn_patch_scores",
-           "knn_maps", "evaluate_knn"]
+           "knn_maps", "heldout_score_stats", "evaluate_knn"]
 
 DEFAULT_K = 1
 """Neighbours averaged per test patch. PatchCore: 1."""
@@ -130,6 +136,21 @@ def knn_maps(local_net: LocalNet, bank: Tensor, images: Tensor, preset: Preset, 
                            neighbours=preset.idw_neighbours)
 
 
+def heldout_score_stats(local_net: LocalNet, train: Tensor, preset: Preset, k: int = DEFAULT_K,
+                        max_bank: int = MAX_BANK) -> dict[str, Any]:
+    """Mean and standard deviation of the grid scores of held-out training images against a bank of the
+    other training images (the split of :func:`glance_lite.baselines.students.split_train_val`).  With
+    fewer than two training images there is no split: ``None`` statistics."""
+    from .students import VAL_FRACTION, split_train_val
+
+    tr, va = split_train_val(len(train), VAL_FRACTION, preset.seed + 11)
+    if torch.equal(tr, va):
+        return {"mean": None, "std": None, "n_images": 0}
+    bank = memory_bank(local_net, train[tr], preset.score_stride, max_bank, seed=preset.seed)
+    s = knn_patch_scores(local_net, bank, train[va], preset.score_stride, k)[0].double()
+    return {"mean": float(s.mean()), "std": max(float(s.std()), 1e-12), "n_images": int(len(va))}
+
+
 def evaluate_knn(run_dir: str | Path, data_root: str | Path, category: str, k: int = DEFAULT_K,
                  max_bank: int = MAX_BANK, progress: bool = True, device: str | torch.device | None = None,
                  preset: Preset | None = None) -> dict[str, Any]:
@@ -159,6 +180,7 @@ def evaluate_knn(run_dir: str | Path, data_root: str | Path, category: str, k: i
     train = load_train_images(find_category(data_root, category), p)
     bank = memory_bank(net, train, p.score_stride, max_bank, seed=p.seed, progress=progress)
     bank_seconds = time.perf_counter() - t0
+    stats = heldout_score_stats(net, train, p, k, max_bank)
     tm = score_test_split(data_root, category, p, lambda x: knn_maps(net, bank, x, p, k), f"NN {category}", progress)
     result: dict[str, Any] = {
         "method": "nearest neighbours on the run's fine-tuned Local-Net (no training)",
@@ -170,6 +192,7 @@ def evaluate_knn(run_dir: str | Path, data_root: str | Path, category: str, k: i
         "n_train_images": int(len(train)),
         "n_test": int(len(tm["labels"])),
         "bank_seconds": round(bank_seconds, 2),
+        "score_stats": stats,
         "seconds_per_image": tm["seconds_per_image"],
         "preset": p.name,
         "preset_fields": p.to_dict(),

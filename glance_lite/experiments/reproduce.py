@@ -22,7 +22,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Sequence, Iterable
 
 import numpy as np
 
@@ -67,12 +67,14 @@ def ablation_from_head_maps(run_dir: str | Path, lambdas: Iterable[float] = LAMB
 
 def fit_evaluate_ts(root: str | Path, category: str, run: str | Path, preset: Preset, teacher: str = "auto",
                     ts: bool = True, progress: bool = True, device: str | None = None,
-                    overlays: int | None = 0) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, float]]:
+                    overlays: int | None = 0, controls: Sequence[str] | None = None
+                    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, float]]:
     """What every reproduced (:func:`reproduce`) or validated (:func:`glance_lite.experiments.validation.validate`)
     category runs on one run folder: ``fit`` (which resumes, or returns at once when finished),
     ``evaluate_run`` with the preset's evaluation fields, and, when ``ts`` and the evaluation scored
     something, the local-only controls on the same run (same Local-Net,
-    :func:`glance_lite.baselines.controls.run_local_controls`: converged TS and nearest neighbours).
+    :func:`glance_lite.baselines.controls.run_local_controls`: converged TS and nearest neighbours, or
+    only those named in ``controls``).
 
     Returns ``(metrics, {control: its metrics} (empty without controls), {"fit", "evaluate", "ts",
     "knn"} wall seconds)``."""
@@ -88,7 +90,7 @@ def fit_evaluate_ts(root: str | Path, category: str, run: str | Path, preset: Pr
     if ts and metrics.get("AU-PRO") is not None:
         from ..baselines.controls import CONTROLS, run_local_controls
 
-        for name in CONTROLS:
+        for name in (CONTROLS if controls is None else tuple(controls)):
             t = time.perf_counter()
             controls.update(run_local_controls(run, root, category, preset=preset, progress=progress,
                                                device=device, which=(name,)))
@@ -194,7 +196,7 @@ def select_shard(items: list, spec: str | None) -> list:
     return list(items)[i::n]
 
 
-def finished(dest: Path, preset: Preset, ts: bool) -> bool:
+def finished(dest: Path, preset: Preset, ts: bool, controls: Sequence[str] | None = None) -> bool:
     """Whether ``dest`` holds a complete results folder for this preset (and, if asked, the local-only
     controls: converged TS and nearest neighbours)."""
     m = dest / "metrics.json"
@@ -204,7 +206,11 @@ def finished(dest: Path, preset: Preset, ts: bool) -> bool:
         d = json.loads(m.read_text())
     except ValueError:
         return False
-    have = d.get("local") is not None and (d.get("ts") or {}).get("stop_steps") is not None
+    from ..baselines.controls import CONTROLS
+
+    want = CONTROLS if controls is None else tuple(controls)
+    have = d.get("local") is not None and all(d.get(c) for c in want) and (
+        "ts" not in want or (d.get("ts") or {}).get("stop_steps") is not None)
     return same_preset(d.get("preset_fields"), preset) and (not ts or d.get("AU-PRO") is None or have)
 
 
@@ -220,8 +226,10 @@ def reproduce(
     device: str | None = None,
     shard: str | None = None,
     redo: bool = True,
+    controls: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Fit + evaluate each category (and the TS baseline on the same run when ``ts``); write
+    """Fit + evaluate each category (and the local-only controls on the same run when ``ts``: all of
+    them, or those named in ``controls``); write
     ``out/<preset>/<dataset>/<category>/``; return the rows.
 
     ``shard="I/N"`` takes the I-th of N shares of the categories (:func:`select_shard`).  With
@@ -235,14 +243,14 @@ def reproduce(
     rows = []
     for ds_name, root, cat in select_shard(tasks(data_roots, categories), shard):
         dest = Path(out) / p.name / ds_name / cat
-        if not redo and finished(dest, p, ts):
+        if not redo and finished(dest, p, ts, controls):
             if progress:
                 print(f"{ds_name}/{cat}: results complete in {dest}; skipped (--redo scores it again)")
             rows.append(json.loads((dest / "metrics.json").read_text()))
             continue
         run = runs_root / f"{p.name}-{ds_name}-{cat}"
-        metrics, controls, secs = fit_evaluate_ts(root, cat, run, p, teacher=teacher, ts=ts, progress=progress,
-                                                  device=device, overlays=2)
+        metrics, ran, secs = fit_evaluate_ts(root, cat, run, p, teacher=teacher, ts=ts, progress=progress,
+                                             device=device, overlays=2, controls=controls)
         dest.mkdir(parents=True, exist_ok=True)
         cfg = json.loads((run / "config.json").read_text())
         metrics.update(
@@ -253,7 +261,7 @@ def reproduce(
             written_by="glance-lite reproduce",
         )
         metrics.pop("data_root", None)
-        metrics.update(local_comparison(metrics, controls, secs))
+        metrics.update(local_comparison(metrics, ran, secs))
         atomic_write_json(dest / "metrics.json", metrics)
         if metrics.get("AU-PRO") is not None:
             abl = ablation_from_head_maps(run)
@@ -299,6 +307,7 @@ def reproduce_parallel(
     redo: bool = False,
     progress: bool = True,
     python: str | None = None,
+    controls: Sequence[str] | None = None,
 ) -> list[str]:
     """``reproduce`` with one category per device at a time, each in its own process.
 
@@ -326,7 +335,7 @@ def reproduce_parallel(
     atomic_write_json(preset_file, p.to_dict())
     todo: "queue.Queue[tuple[str, Path, str]]" = queue.Queue()
     for ds_name, root, cat in select_shard(tasks(data_roots, categories), shard):
-        if not redo and finished(Path(out) / p.name / ds_name / cat, p, ts):
+        if not redo and finished(Path(out) / p.name / ds_name / cat, p, ts, controls):
             if progress:
                 print(f"{ds_name}/{cat}: results complete; skipped (--redo scores it again)", flush=True)
             continue
@@ -347,6 +356,7 @@ def reproduce_parallel(
                    "--category", cat, "--device", dev, "--runs", str(runs_root), "--teacher", teacher,
                    "--preset-file", str(preset_file), "--quiet"]
             cmd += ["--no-ts"] if not ts else []
+            cmd += ["--controls", ",".join(controls)] if controls is not None else []
             cmd += ["--redo"] if redo else []
             env = dict(os.environ)
             if dev == "cpu":
