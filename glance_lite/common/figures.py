@@ -2,7 +2,7 @@
 evaluation use, hence in :mod:`glance_lite.common`).
 
 Defined in :doc:`/notebooks/03_heads_and_training` (loss curves) and :doc:`/notebooks/04_score_maps`
-(overlays).
+(overlays); :func:`plot_heldout_curves` (the TS students' stop rule) in :doc:`/notebooks/06_mvtec_ad`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["plot_history", "overlay", "save_overlay"]
+__all__ = ["plot_history", "plot_heldout_curves", "overlay", "save_overlay"]
 
 
 def _plt():
@@ -69,6 +69,53 @@ def plot_history(history: Mapping[str, Any], path: str | Path | None = None, smo
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
         plt.close(fig)
     return fig
+
+
+def plot_heldout_curves(ts_summary: Mapping[str, Any], ax=None, title: str | None = None):
+    """The held-out error of each TS student against its optimiser steps (log scale), as recorded by the stop
+    rule (:func:`glance_lite.baselines.students.train_until_converged`): one line per student, a marker at
+    the step where it stopped, and the rule's ``min_steps`` and ``max_steps`` as light vertical lines.
+
+    ``ts_summary`` is the ``"ts"`` of a results file (or a ``metrics_ts.json``'s ``"students"``): it needs
+    ``heldout_curves`` (per student ``{"steps", "loss", "stop_step"}``) and, for the vertical lines,
+    ``rule`` (or ``settings.rule``).  Draws on ``ax`` (a new figure of about page width when None) and
+    returns ``(figure, axes)``.
+    """
+    from .fileio import GlanceError
+
+    curves = list(ts_summary.get("heldout_curves") or [])
+    if not curves:
+        raise GlanceError("no held-out curves in this TS summary (a TS trained before the stop rule records none)")
+    rule = ts_summary.get("rule") or (ts_summary.get("settings") or {}).get("rule") or {}
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+    else:
+        fig = ax.figure
+    bounds = [int(x) for x in (rule.get("min_steps"), rule.get("max_steps")) if x is not None]
+    for i, x in enumerate(bounds):  # one legend entry for both lines
+        ax.axvline(x, color="0.7", lw=1.0, ls="--", zorder=0,
+                   label=f"rule: min / max steps ({' / '.join(f'{b:,}' for b in bounds)})" if i == 0 else "_nolegend_")
+    for k, c in enumerate(curves):
+        steps = np.asarray(c["steps"], dtype=float)
+        loss = np.asarray(c["loss"], dtype=float)
+        stop = c.get("stop_step")
+        (line,) = ax.plot(steps, loss, lw=1.6, label=f"student {k + 1}" + (f" (stop {int(stop):,})" if stop is not None
+                                                                           else ""))
+        if stop is not None and len(steps):
+            i = int(np.argmin(np.abs(steps - float(stop))))
+            ax.plot([steps[i]], [loss[i]], "o", ms=7, color=line.get_color(), label="_nolegend_")
+    if all(np.all(np.asarray(c["loss"], dtype=float) > 0) for c in curves):
+        ax.set_yscale("log")
+    ax.set_xlabel("optimiser step of the student", fontsize=11)
+    ax.set_ylabel("held-out error (MSE)", fontsize=11)
+    ax.set_title(title or "TS students: error on patches of held-out training images", fontsize=11)
+    ax.tick_params(labelsize=10)
+    if bounds:
+        ax.set_xlim(right=max(ax.get_xlim()[1], 1.04 * max(bounds)))
+    ax.legend(fontsize=10, frameon=False)
+    fig.tight_layout()
+    return fig, ax
 
 
 def overlay(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None, ax=None,
