@@ -77,7 +77,7 @@ class Preset:
     teacher_input_size: int = 224
     """Side the patch is resized to before the teacher sees it. ours (ImageNet resolution)."""
     descriptor_dim: int = 128
-    """Dimension n of the local feature Z_l and the global feature Z_g. UniStud and paper: 128."""
+    """Dimension n of the local feature Z_l and the global feature Z_g. UniStud: 128 (the paper does not state n)."""
     lambda_k: float = 1.0
     """Weight of the distillation loss l_k in Eq. 3. UniStud: 1."""
     lambda_c: float = 1.0
