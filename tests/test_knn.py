@@ -118,3 +118,18 @@ def test_cli(tmp_path, capsys):
     assert main(["knn", str(run), "--data", str(root), "--category", "widget", "--quiet", "--k", "0"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "k must be at least 1" in err[0]
+
+
+def test_strongest_control_skips_an_unconverged_ts():
+    from glance_lite.baselines.controls import converged_ts, strongest, summary
+
+    conv = {"AU-PRO": 0.8, "students": {"stop_steps": [1000, 1100], "settings": {"rule": {"kind": "heldout-plateau"}}}}
+    fixed = {"AU-PRO": 0.9, "students": {"stop_steps": [200, 200], "settings": {"rule": {"kind": "fixed"}}}}
+    old = {"AU-PRO": 0.95, "students": {"final_losses": [0.3]}}
+    nn = {"AU-PRO": 0.7, "k": 1}
+    assert converged_ts(conv) and converged_ts(summary(conv)) and not converged_ts(fixed) and not converged_ts(old)
+    assert strongest({"ts": conv, "knn": nn}) == ("ts", 0.8)
+    assert strongest({"ts": fixed, "knn": nn}) == ("knn", 0.7)
+    assert strongest({"ts": old, "knn": nn}) == ("knn", 0.7)
+    assert strongest({"ts": conv, "knn": {"AU-PRO": 0.85}}) == ("knn", 0.85)
+    assert strongest({}) == (None, None)

@@ -303,3 +303,13 @@ def test_converged_students_record_their_curves_and_resume_exactly(tmp_path, mon
     m = run_ts_baseline(a, root, "widget", progress=False)
     assert m["students"]["stop_steps"] == ea.info["stop_steps"] and m["students"]["settings"]["rule"] == rule
     assert len(m["students"]["heldout_curves"]) == 2
+
+
+def test_students_from_before_the_stop_rule_are_refused(tmp_path):
+    root = _tiny_dataset(tmp_path / "ds")
+    run = _fake_run(tmp_path / "run")
+    ens = StudentEnsemble(2, PRESET.patch_size, PRESET.descriptor_dim, PRESET)
+    ens.info = {"settings": {"n_students": 2, "steps": 200}}  # a fixed-step ensemble with no held-out curve
+    ens.save(run / "students.pt")
+    with pytest.raises(GlanceError, match="older file"):
+        run_ts_baseline(run, root, "widget", progress=False)

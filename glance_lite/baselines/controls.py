@@ -23,7 +23,7 @@ from typing import Any
 
 from ..common.presets import Preset
 
-__all__ = ["CONTROLS", "SUMMARY_KEYS", "run_local_controls", "strongest", "summary"]
+__all__ = ["CONTROLS", "SUMMARY_KEYS", "run_local_controls", "converged_ts", "strongest", "summary"]
 
 CONTROLS = ("ts", "knn")
 """The local-only controls, in the order they run."""
@@ -66,11 +66,23 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def converged_ts(result: dict[str, Any] | None) -> bool:
+    """Whether a TS result (``metrics_ts.json`` or its :func:`summary`) comes from students trained by the
+    held-out stop rule: it records stop steps and a rule of kind ``heldout-plateau``."""
+    r = result or {}
+    st = r.get("students") or r
+    rule = st.get("rule") or (st.get("settings") or {}).get("rule") or {}
+    return bool(st.get("stop_steps")) and rule.get("kind") == "heldout-plateau"
+
+
 def strongest(controls: dict[str, dict[str, Any]], metric: str = "AU-PRO") -> tuple[str | None, float | None]:
     """The control with the highest ``metric`` among those that have it: ``(name, value)``, or
-    ``(None, None)`` when none has it.  Ties go to the first in :data:`CONTROLS` order."""
+    ``(None, None)`` when none has it.  Ties go to the first in :data:`CONTROLS` order.  A TS whose
+    students did not train to convergence (:func:`converged_ts`) is not a fair control and is skipped."""
     best: tuple[str | None, float | None] = (None, None)
     for name in sorted(controls, key=lambda n: CONTROLS.index(n) if n in CONTROLS else len(CONTROLS)):
+        if name == "ts" and not converged_ts(controls[name]):
+            continue
         v = (controls[name] or {}).get(metric)
         if v is not None and (best[1] is None or float(v) > best[1]):
             best = (name, float(v))

@@ -806,8 +806,9 @@ def run_ts_baseline(run_dir: str | Path, data_root: str | Path, category: str, p
                     device: str | torch.device | None = None, preset: Preset | None = None) -> dict[str, Any]:
     """Fit (or reuse) the students of a finished run and evaluate them: the TS column of Tab. 1.
 
-    An existing ``run_dir/students.pt`` is evaluated as it is, whatever its settings; otherwise the
-    students are trained (or their training resumed) with the defaults of :func:`fit_students`.
+    An existing ``run_dir/students.pt`` is evaluated as it is, whatever its rule (one written before
+    students recorded a rule and a held-out curve is refused); otherwise the students are trained (or
+    their training resumed) with the defaults of :func:`fit_students`.
     ``preset`` (default: the run's) gives the scoring fields (:func:`evaluate_students`).
     Returns the dict written to ``run_dir/metrics_ts.json``.
     """
@@ -815,8 +816,12 @@ def run_ts_baseline(run_dir: str | Path, data_root: str | Path, category: str, p
     from ..train.training import scale_dir, scale_preset
     from .test_split import save_maps_npz
 
-    if not (Path(run_dir) / "students.pt").is_file():
+    existing = Path(run_dir) / "students.pt"
+    if not existing.is_file():
         fit_students(run_dir, data_root, category, progress=progress, device=device)
+    elif "rule" not in (StudentEnsemble.load(existing).info.get("settings") or {}):
+        raise GlanceError(f"{existing}: students trained a fixed number of steps with no held-out curve (an older "
+                          f"file); delete it and {Path(run_dir) / 'checkpoints'}/students_* to train them to convergence")
     result = evaluate_students(run_dir, data_root, category, progress=progress, device=device, preset=preset)
     extra = GlanceModel.load(run_dir).preset.extra_patch_sizes
     if not extra:
