@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--teacher", default="auto", choices=["auto", *TEACHER_NAMES])
     va.add_argument("--results", default=None,
                     help="folder for <preset>/validation.json (default: --out), e.g. glance_lite/results/validation")
-    va.add_argument("--no-ts", action="store_true", help="skip the TS (Uninformed Students) baseline")
+    va.add_argument("--no-ts", action="store_true", help="skip the local-only controls (TS and nearest neighbours)")
     va.add_argument("--reuse", action="append", default=None, metavar="VALIDATION_JSON",
                     help="repeatable; take the finished rows of another validation.json with the same settings "
                          "(all preset fields but the name) as they are, e.g. to join sources run as separate jobs")

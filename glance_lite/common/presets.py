@@ -4,7 +4,7 @@ Three presets exist:
 
 * ``smoke``  -- seconds; used by the unit tests, nbval and CI.
 * ``cpu``    -- one real category within 20 minutes on a 2-core laptop (bottle, every stage, timed
-  alone: 9.4 minutes; :doc:`/book/running`).
+  alone, before the local-only controls: 9.4 minutes; each results file records its own seconds).
 * ``paper``  -- the paper's settings (256x256 images, 33x33 patches, batch 64, Adam), for a GPU.
 
 When ``GLANCE_PRESET`` is unset, :func:`get_preset` picks ``paper`` if CUDA is available and
@@ -397,9 +397,9 @@ RATE_BOUNDS: dict[str, tuple[float, float, bool]] = {
 #: the offline ``mesh`` (0.732 against 0.591) but far worse on held-out ``screw`` (0.635 against 0.880),
 #: and multi-scale 17 + 33 costs twice a category (chapter 08).
 #: Its image size stays 128: 192 pixels fit the budget (about 14.5 minutes a category) and raised the
-#: mean AU-PRO to 0.918, but held-out ``screw`` lost 0.059 and on ``mesh`` glance-lite fell below TS
-#: (``cpu-i192``, chapter 08 and :doc:`/book/running`); 256 pixels would take about 26 minutes.  160
-#: pixels (``cpu-i160``) gave a lower mean, 0.904, with held-out ``screw`` 0.023 lower and ``mesh`` 0.051 below TS.
+#: mean AU-PRO to 0.918, but held-out ``screw`` lost 0.059 (``cpu-i192``, the appendix "Settings we tried");
+#: 256 pixels would take about 26 minutes.  160 pixels (``cpu-i160``) gave a lower mean, 0.904, with held-out
+#: ``screw`` 0.023 lower.
 PRESETS: dict[str, Preset] = {
     "paper": Preset(name="paper", mixed_precision=True),
     "cpu": Preset(
