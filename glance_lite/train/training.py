@@ -7,7 +7,8 @@ Three stages, all run by one resumable step loop (:func:`run_stage`):
    ``data/runs/pretrain-<preset>-<teacher>/`` and shared by every category.
 2. **finetune** -- the same loss on patches of the category's good training images.
 3. **global** -- the Local-Net is frozen; the Global-Net and DAD head minimise
-   ``l = l_IAD + lambda_t * l_DAD`` (Eq. 10) on random patches and their stained copies.
+   ``l = l_IAD + lambda_t * l_DAD`` (Eq. 10) on random patches and their stained copies; one step
+   is :func:`global_step`, whose loss arithmetic chapter 03 writes out and checks.
 
 Resuming is exact.  Each step draws its randomness from generators seeded by
 ``(seed, stage, step)``, and checkpoints hold the weights, the optimiser state and the loss history,
@@ -59,6 +60,9 @@ __all__ = [
     "finetune_local",
     "grid_local_cache",
     "joint_lr",
+    "GlobalBatch",
+    "draw_global_batch",
+    "global_step",
     "train_global",
     "fit",
     "git_commit",
@@ -500,6 +504,144 @@ def joint_lr(preset: Preset) -> Callable[[int], float]:
     return lambda step: lr_schedule(step, steps, peak, warm)
 
 
+@dataclass
+class GlobalBatch:
+    """The random draws of one step of the joint stage (:func:`draw_global_batch`), B samples.
+
+    ``idx`` is the training image of each sample, ``(gi, gj)`` the grid cell of its hole and ``(tops,
+    lefts)`` the hole's top-left pixel.  ``neg`` marks the DAD negatives (label 1 in Eq. 9), each
+    sample with probability 1/2; with ``dad_negatives="stain+swap"`` a share ``swap`` of them takes
+    the Local-Net feature of a normal patch elsewhere (``s_idx, s_gi, s_gj``) instead of a stained copy.
+    ``rng`` is this step's numpy generator, which draws the stains (:func:`glance_lite.data.stains.add_stain`).
+    """
+
+    idx: torch.Tensor
+    gi: torch.Tensor
+    gj: torch.Tensor
+    tops: torch.Tensor
+    lefts: torch.Tensor
+    neg: torch.Tensor
+    swap: torch.Tensor
+    rng: np.random.Generator
+    s_idx: torch.Tensor | None = None
+    s_gi: torch.Tensor | None = None
+    s_gj: torch.Tensor | None = None
+
+
+def draw_global_batch(preset: Preset, step: int, n_images: int, pos_y: torch.Tensor,
+                      pos_x: torch.Tensor) -> GlobalBatch:
+    """Step ``step``'s samples of the joint stage: images, hole positions on the scoring grid
+    ``pos_y x pos_x`` (:func:`grid_local_cache`) and DAD negatives, from :func:`step_generators`.
+
+    ``global_holes = K = 1``: ``batch_size`` samples, each of a random image; ``K > 1``: ``batch_size``
+    images and K holes in each (image-major order).  A pure function of ``(preset, step)`` and the
+    grid, so a resumed run draws what an uninterrupted one would.  Taught in chapter 03
+    (:doc:`/notebooks/03_heads_and_training`).
+    """
+    p, N, P = preset, int(n_images), preset.patch_size
+    gh, gw = len(pos_y), len(pos_x)
+    K = int(p.global_holes)  # >= 1, checked by the preset
+    g, rng = step_generators(p.seed, "global", step)
+    if K == 1:
+        B = p.batch_size
+        idx = torch.randint(N, (B,), generator=g)
+        gi = torch.randint(gh, (B,), generator=g)
+        gj = torch.randint(gw, (B,), generator=g)
+    else:  # batch_size images, K holes in each (image-major order)
+        B = p.batch_size * K
+        idx = torch.randint(N, (p.batch_size,), generator=g).repeat_interleave(K)
+        gi = torch.randint(gh, (B,), generator=g)
+        gj = torch.randint(gw, (B,), generator=g)
+    tops, lefts = pos_y[gi], pos_x[gj]
+    neg = torch.rand(B, generator=g) < 0.5
+    swap = torch.zeros(B, dtype=torch.bool)
+    s_idx = s_gi = s_gj = None
+    if p.dad_negatives == "stain+swap":  # drawn after the paper's draws, which stay unchanged
+        swap = neg & (torch.rand(B, generator=g) < 0.5)
+        s_idx = torch.randint(N, (B,), generator=g)
+        s_gi = torch.randint(gh, (B,), generator=g)
+        s_gj = torch.randint(gw, (B,), generator=g)
+        near = ((pos_y[s_gi] - tops).abs() < P) & ((pos_x[s_gj] - lefts).abs() < P)
+        s_gi = torch.where(near, (s_gi + gh // 2) % gh, s_gi)  # away from the hole
+    return GlobalBatch(idx, gi, gj, tops, lefts, neg, swap, rng, s_idx, s_gi, s_gj)
+
+
+def global_step(
+    model: GlanceModel,
+    train_images: torch.Tensor,
+    local_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    step: int,
+    target: torch.Tensor | None = None,
+    dist: DistContext | None = None,
+) -> dict[str, torch.Tensor]:
+    """One step of the joint stage: the losses of Eq. 7, 9 and 10 on step ``step``'s batch.
+
+    ``l = l_IAD + lambda_t * l_DAD`` (Eq. 10), with ``l_IAD = (1/n) ||Z_l - Z_g||^2`` (Eq. 7) and
+    ``l_DAD`` the cross-entropy of the DAD head C on ``[Z*, Z_g]`` (Eq. 9), both averaged over the
+    batch of :func:`draw_global_batch`.  Z_l is looked up in ``local_cache`` (the frozen Local-Net on
+    the grid, :func:`grid_local_cache`), Z_g is the Global-Net's feature of the image with the patch
+    masked out (Eq. 6), and Z* is Z_l, or for a negative the Local-Net feature of a stained copy of
+    the patch.  ``target`` (default: the cache) is what the Global-Net regresses
+    (:func:`glance_lite.models.heads.iad_target`).
+
+    Returns ``{"loss", "iad", "dad"}``; ``"loss"`` carries the gradient of the Global-Net and the
+    DAD head (nothing reaches the Local-Net).  :func:`train_global` calls it once per step; the caller
+    back-propagates and steps the optimiser.  Data-parallel (``dist``, default
+    :func:`glance_lite.common.distributed.current`): this rank's share of the losses.
+
+    Taught in chapter 03 (:doc:`/notebooks/03_heads_and_training`), where the loss arithmetic of
+    Eq. 7, 9 and 10 is written out in a plain loop and checked against :func:`train_global`.
+    """
+    p = model.preset
+    ctx = current_dist() if dist is None else dist
+    cache, pos_y, pos_x = local_cache
+    if target is None:
+        target = cache
+    dev = module_device(model.global_net)
+    N, _, H, W = train_images.shape
+    P = p.patch_size
+    K = int(p.global_holes)
+    b = draw_global_batch(p, step, N, pos_y, pos_x)
+    idx, gi, gj, tops, lefts, neg, swap = b.idx, b.gi, b.gj, b.tops, b.lefts, b.neg, b.swap
+    s_idx, s_gi, s_gj, rng = b.s_idx, b.s_gi, b.s_gj, b.rng
+    B = len(idx)
+    # this rank's samples: a share of the images (with their K holes each) of the global batch
+    im = shard(p.batch_size, ctx)
+    loc = torch.arange(im.start * K, im.stop * K)
+    with torch.no_grad():
+        z_l = to_device(cache[idx[loc], :, gi[loc], gj[loc]], dev, torch.float32)
+        z_t = z_l if target is cache else to_device(target[idx[loc], :, gi[loc], gj[loc]], dev, torch.float32)
+        z_star = z_l.clone()
+        neg_loc = neg[loc]
+        stain = neg & ~swap
+        stain_loc = stain[loc]
+        if stain_loc.any():
+            # the stains of the whole global batch are drawn (on the CPU, device-free), so that
+            # every rank draws what one process would; each rank keeps its own
+            clean = crop_patches(train_images, idx[stain], tops[stain], lefts[stain], P)
+            stained, _ = add_stain(clean, rng, min_axis=p.stain_min_axis)
+            which = (torch.cumsum(stain.long(), 0) - 1)[loc][stain_loc]
+            z_star[stain_loc.to(dev)] = model.local_net(to_device(stained[which], dev)).to(z_star.dtype)
+        swap_loc = swap[loc]
+        if swap_loc.any():  # a normal patch from elsewhere: its cached Local-Net feature
+            sl = loc[swap_loc]
+            z_star[swap_loc.to(dev)] = to_device(cache[s_idx[sl], :, s_gi[sl], s_gj[sl]], dev, z_star.dtype)
+    if K == 1:
+        z_g = model.global_net(to_device(train_images[idx[loc]], dev),
+                               hole_mask((H, W), tops[loc], lefts[loc], P, device=dev))
+    else:
+        imgs = to_device(train_images[idx[loc][::K]], dev)
+        tl, ll = tops[loc], lefts[loc]
+        z_g = torch.cat([
+            global_features_incremental(model.global_net, imgs[a // K : a // K + 1], tl[a : a + K],
+                                        ll[a : a + K], P, batch_size=K, differentiable=True)
+            for a in range(0, len(loc), K)
+        ])
+    l_iad = share_of_mean(iad_score(z_t, z_g), B)
+    l_dad = share_of_mean(dad_loss(model.dad, z_star, z_g, neg_loc.float().to(dev), reduction="none"), B)
+    return {"loss": l_iad + p.lambda_t * l_dad, "iad": l_iad, "dad": l_dad}
+
+
 def train_global(
     model: GlanceModel,
     train_images: torch.Tensor,
@@ -522,15 +664,15 @@ def train_global(
     (:func:`glance_lite.models.fast_features.global_features_incremental`, differentiable): one full pass
     per image plus a small window per hole, instead of one full pass per hole.
 
-    Adam's learning rate follows :func:`joint_lr` (``global_lr``, ``global_schedule``).
+    Adam's learning rate follows :func:`joint_lr` (``global_lr``, ``global_schedule``).  Each step is
+    one call of :func:`global_step` (its draws: :func:`draw_global_batch`), back-propagated by
+    :func:`run_stage`; chapter 03 writes the same loop out by hand.
     """
     p = model.preset
     model.freeze_local()
     run_dir = Path(run_dir)
     dev = module_device(model.global_net)
     train_images = pin(train_images.cpu(), dev)
-    N, _, H, W = train_images.shape
-    P = p.patch_size
     params = list(model.global_net.parameters()) + list(model.dad.parameters())
     lr = joint_lr(p)
     opt = torch.optim.Adam(params, lr=lr(0), weight_decay=p.weight_decay)
@@ -545,69 +687,12 @@ def train_global(
     target = cache
     if cache is not None and p.iad_target_smoothing > 1:
         target = pin(iad_target(cache.float(), p.iad_target_smoothing).to(cache.dtype), dev)
-    gh, gw = cache.shape[-2:] if cache is not None else (0, 0)
 
-    K = int(p.global_holes)  # >= 1, checked by the preset
     ctx = current_dist()
     _check_batch(p.batch_size, ctx, "global")
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
-        g, rng = step_generators(p.seed, "global", step)
-        if K == 1:
-            B = p.batch_size
-            idx = torch.randint(N, (B,), generator=g)
-            gi = torch.randint(gh, (B,), generator=g)
-            gj = torch.randint(gw, (B,), generator=g)
-        else:  # batch_size images, K holes in each (image-major order)
-            B = p.batch_size * K
-            idx = torch.randint(N, (p.batch_size,), generator=g).repeat_interleave(K)
-            gi = torch.randint(gh, (B,), generator=g)
-            gj = torch.randint(gw, (B,), generator=g)
-        tops, lefts = pos_y[gi], pos_x[gj]
-        neg = torch.rand(B, generator=g) < 0.5
-        swap = torch.zeros(B, dtype=torch.bool)
-        if p.dad_negatives == "stain+swap":  # drawn after the paper's draws, which stay unchanged
-            swap = neg & (torch.rand(B, generator=g) < 0.5)
-            s_idx = torch.randint(N, (B,), generator=g)
-            s_gi = torch.randint(gh, (B,), generator=g)
-            s_gj = torch.randint(gw, (B,), generator=g)
-            near = ((pos_y[s_gi] - tops).abs() < P) & ((pos_x[s_gj] - lefts).abs() < P)
-            s_gi = torch.where(near, (s_gi + gh // 2) % gh, s_gi)  # away from the hole
-        # this rank's samples: a share of the images (with their K holes each) of the global batch
-        im = shard(p.batch_size, ctx)
-        loc = torch.arange(im.start * K, im.stop * K)
-        with torch.no_grad():
-            z_l = to_device(cache[idx[loc], :, gi[loc], gj[loc]], dev, torch.float32)
-            z_t = z_l if target is cache else to_device(target[idx[loc], :, gi[loc], gj[loc]], dev, torch.float32)
-            z_star = z_l.clone()
-            neg_loc = neg[loc]
-            stain = neg & ~swap
-            stain_loc = stain[loc]
-            if stain_loc.any():
-                # the stains of the whole global batch are drawn (on the CPU, device-free), so that
-                # every rank draws what one process would; each rank keeps its own
-                clean = crop_patches(train_images, idx[stain], tops[stain], lefts[stain], P)
-                stained, _ = add_stain(clean, rng, min_axis=p.stain_min_axis)
-                which = (torch.cumsum(stain.long(), 0) - 1)[loc][stain_loc]
-                z_star[stain_loc.to(dev)] = model.local_net(to_device(stained[which], dev)).to(z_star.dtype)
-            swap_loc = swap[loc]
-            if swap_loc.any():  # a normal patch from elsewhere: its cached Local-Net feature
-                sl = loc[swap_loc]
-                z_star[swap_loc.to(dev)] = to_device(cache[s_idx[sl], :, s_gi[sl], s_gj[sl]], dev, z_star.dtype)
-        if K == 1:
-            z_g = model.global_net(to_device(train_images[idx[loc]], dev),
-                                   hole_mask((H, W), tops[loc], lefts[loc], P, device=dev))
-        else:
-            imgs = to_device(train_images[idx[loc][::K]], dev)
-            tl, ll = tops[loc], lefts[loc]
-            z_g = torch.cat([
-                global_features_incremental(model.global_net, imgs[a // K : a // K + 1], tl[a : a + K],
-                                            ll[a : a + K], P, batch_size=K, differentiable=True)
-                for a in range(0, len(loc), K)
-            ])
-        l_iad = share_of_mean(iad_score(z_t, z_g), B)
-        l_dad = share_of_mean(dad_loss(model.dad, z_star, z_g, neg_loc.float().to(dev), reduction="none"), B)
-        return {"loss": l_iad + p.lambda_t * l_dad, "iad": l_iad, "dad": l_dad}
+        return global_step(model, train_images, (cache, pos_y, pos_x), step, target=target, dist=ctx)
 
     return run_stage(
         "global",
