@@ -10,10 +10,11 @@ above it (checked by ``tests/test_layering.py``)::
     train        training (Eq. 3, 10), distil
     score        idw (IDW maps), score_norm, iad_metric, scoring (Eq. 11-13, raster scan)
     evaluate     metrics (AU-PRO, pixel and image AUROC), evaluation, features (Fig. 5)
-    baselines    students (the TS / Uninformed Students baseline)
-    experiments  chapters, reproduce, validation, one_class (Table 3), paper_dry, bench,
-                 bench_resolution, bench_scaling
-    report       book_tables, paper_tables
+    baselines    students (the TS / Uninformed Students baseline), knn (nearest neighbours on Z_l),
+                 controls (the strongest local-only control), test_split
+    experiments  chapters, reproduce, validation, combined (our extension), one_class (Table 3),
+                 paper_dry, bench, bench_resolution, bench_scaling
+    report       book_tables, paper_tables, architecture (the method's figure)
     cli          the ``glance-lite`` command (``python -m glance_lite``)
 
 Scale is chosen by ``GLANCE_PRESET`` (see :mod:`glance_lite.common.presets`).
