@@ -185,6 +185,10 @@ def test_validate_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
         assert math.isfinite(r["AU-PRO"]) and r["ts"] is not None and math.isfinite(r["ts"]["AU-PRO"])
         assert r["glance_minus_ts_AU-PRO"] == pytest.approx(r["AU-PRO"] - r["ts_AU-PRO"], abs=1e-6)
         assert r["iad_only_AU-PRO"] is not None and r["dad_only_AU-PRO"] is not None
+        # both fair controls ran; glance - local is against the strongest of them
+        assert r["controls_version"] == 2 and r["ts"]["stop_steps"] and r["knn"]["k"] == 1
+        assert r["local_AU-PRO"] == max(r["ts_AU-PRO"], r["knn_AU-PRO"])
+        assert r["glance_minus_local_AU-PRO"] == pytest.approx(r["AU-PRO"] - r["local_AU-PRO"], abs=1e-6)
     assert res["mean"]["n_sources"] == 2
     assert res["mean"]["AU-PRO"] == pytest.approx(np.mean([r["AU-PRO"] for r in res["rows"][:2]]), abs=1e-5)
     # lambda_s is chosen on this protocol: every row is scored at each value of the sweep, and the

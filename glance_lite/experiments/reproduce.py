@@ -86,16 +86,16 @@ def fit_evaluate_ts(root: str | Path, category: str, run: str | Path, preset: Pr
     t1 = time.perf_counter()
     metrics = evaluate_run(run, root, category, progress=progress, overlays=overlays, preset=preset, device=device)
     secs = {"fit": t1 - t0, "evaluate": time.perf_counter() - t1}
-    controls: dict[str, dict[str, Any]] = {}
+    ran: dict[str, dict[str, Any]] = {}
     if ts and metrics.get("AU-PRO") is not None:
         from ..baselines.controls import CONTROLS, run_local_controls
 
         for name in (CONTROLS if controls is None else tuple(controls)):
             t = time.perf_counter()
-            controls.update(run_local_controls(run, root, category, preset=preset, progress=progress,
-                                               device=device, which=(name,)))
+            ran.update(run_local_controls(run, root, category, preset=preset, progress=progress,
+                                          device=device, which=(name,)))
             secs[name] = time.perf_counter() - t
-    return metrics, controls, secs
+    return metrics, ran, secs
 
 
 def local_comparison(metrics: dict[str, Any], controls: dict[str, dict[str, Any]], secs: dict[str, float]
