@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["plot_history", "plot_heldout_curves", "overlay", "save_overlay"]
+__all__ = ["plot_history", "plot_heldout_curves", "overlay", "save_overlay", "MAP_CMAP"]
 
 
 def _plt():
@@ -118,40 +118,75 @@ def plot_heldout_curves(ts_summary: Mapping[str, Any], ax=None, title: str | Non
     return fig, ax
 
 
+#: The colormap of every anomaly map: perceptually uniform (equal steps in score look like equal steps in
+#: colour, and brightness grows with the score), unlike "jet", whose bright bands invent edges.
+MAP_CMAP = "inferno"
+
+
 def overlay(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None, ax=None,
             vmin: float | None = None, vmax: float | None = None, alpha: float = 0.5):
-    """Draw ``image`` (H, W, 3 in [0, 1]) with the anomaly map as a heat map and the mask contour."""
+    """Draw ``image`` (H, W, 3 in [0, 1]) with the anomaly map as a heat map (:data:`MAP_CMAP`) and the mask
+    contour.
+
+    ``vmin`` and ``vmax`` fix the colour scale: pass the same pair for every image that is compared, so that
+    one score has one colour on all of them (a good image then looks cool beside a defective one).  Left at
+    None, the scale is this map's own minimum and maximum, and every map looks equally hot somewhere.  The
+    heat map is ``ax.images[-1]``, the mappable a colorbar needs.
+    """
     plt = _plt()
     if ax is None:
         _, ax = plt.subplots(figsize=(3, 3))
     ax.imshow(np.clip(image, 0, 1))
-    ax.imshow(amap, cmap="jet", alpha=alpha, vmin=vmin, vmax=vmax)
+    ax.imshow(amap, cmap=MAP_CMAP, alpha=alpha, vmin=vmin, vmax=vmax, interpolation="nearest")
     if mask is not None and mask.any():
         ax.contour(mask.astype(float), levels=[0.5], colors="white", linewidths=1.0)
     ax.set_axis_off()
     return ax
 
 
+def _overlay_figure(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None,
+                    vmin: float | None = None, vmax: float | None = None, title: str = ""):
+    """The figure :func:`save_overlay` saves: image, image + ground-truth contour, heat-map overlay with a
+    colorbar of the scale ``[vmin, vmax]`` (the map's own range where they are None, and the colorbar's
+    label says so).  Returns ``(figure, heat-map mappable)``."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(7.6, 2.9), gridspec_kw={"width_ratios": [1, 1, 1.15]})
+    axes[0].imshow(np.clip(image, 0, 1))
+    axes[0].set_title("image", fontsize=12)
+    axes[1].imshow(np.clip(image, 0, 1))
+    if mask is not None and mask.any():
+        axes[1].contour(mask.astype(float), levels=[0.5], colors="red", linewidths=1.2)
+    axes[1].set_title("ground truth" if mask is not None else "(no mask)", fontsize=12)
+    shared = vmin is not None and vmax is not None
+    overlay(image, amap, mask, ax=axes[2], vmin=vmin, vmax=vmax)
+    heat = axes[2].images[-1]
+    axes[2].set_title("anomaly map", fontsize=12)
+    for a in axes:
+        a.set_axis_off()
+    from matplotlib.cm import ScalarMappable
+
+    # the scale itself (the heat map's norm and colormap), opaque rather than half-transparent as on the image
+    bar = fig.colorbar(ScalarMappable(norm=heat.norm, cmap=heat.cmap), ax=axes[2], fraction=0.046, pad=0.03)
+    bar.set_label("anomaly score" + ("" if shared else "\n(this map's own range)"), fontsize=11)
+    bar.ax.tick_params(labelsize=11)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return fig, heat
+
+
 def save_overlay(path: str | Path, image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None,
                  vmin: float | None = None, vmax: float | None = None, title: str = "") -> Path:
-    """Save a three-panel PNG: image, image + ground-truth contour, heat-map overlay."""
+    """Save a three-panel PNG: image, image + ground-truth contour, heat-map overlay with its colorbar.
+
+    ``vmin``/``vmax`` are the colour scale; give every overlay that is compared the same pair (evaluation
+    passes percentiles of all test maps of the category), so that a good image does not look as hot as a
+    defective one.  Where they are None the scale is the map's own range, and the colorbar says so.
+    """
     plt = _plt()
     from .fileio import atomic_write
 
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
-    axes[0].imshow(np.clip(image, 0, 1))
-    axes[0].set_title("image")
-    axes[1].imshow(np.clip(image, 0, 1))
-    if mask is not None and mask.any():
-        axes[1].contour(mask.astype(float), levels=[0.5], colors="red", linewidths=1.0)
-    axes[1].set_title("ground truth" if mask is not None else "(no mask)")
-    overlay(image, amap, mask, ax=axes[2], vmin=vmin, vmax=vmax)
-    axes[2].set_title("anomaly map")
-    for a in axes:
-        a.set_axis_off()
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig, _ = _overlay_figure(image, amap, mask, vmin, vmax, title)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)
     return Path(path)
