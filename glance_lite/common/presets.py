@@ -45,17 +45,17 @@ class Preset:
     image_size: int = 256
     """Side of the square image the networks see. paper: 256 (Sec. 4.2, supplement)."""
     patch_size: int = 33
-    """Side p of the square patch. paper: 33; UniStud offers 17, 33 and 65.  17 was measured with the
-    ``cpu`` settings (``cpu-p17-3k``, chapter 08): TS gained far more than glance-lite on the offline
+    """Side p of the square patch. paper: 33; UniStud offers 17, 33 and 65. 17 was measured with the ``cpu``
+    settings (``cpu-p17-3k``, the appendix "Settings we tried"): TS gained far more than glance-lite on the offline
     ``mesh`` (glance - TS -0.102) and glance-lite lost on the hazelnut toy (-0.156), so ``cpu`` keeps 33."""
     extra_patch_sizes: tuple[int, ...] = ()
-    """Multi-scale maps: other patch sizes (17, 33 or 65), each with its own Local-Net, Global-Net and
-    heads, trained in ``RUN/scales/p<size>/``.  At evaluation every size's head maps are standardised
-    with its own training-image statistics (``score_norm``) and averaged with those of ``patch_size``.
-    Empty: one scale, as in the paper. UniStud (its multi-scale TS); ours for glance-lite.  Measured as
-    ``(17,)`` with the ``cpu`` settings (``cpu-ms17-3k``, chapter 08): offline ``mesh`` 0.867 against 0.785
-    but TS rose as much (glance - TS -0.004), held-out ``screw`` unchanged, the hazelnut toy 0.880 against
-    0.916 and below its TS (-0.043), at about twice the cost, so ``cpu`` keeps one scale."""
+    """Multi-scale maps: other patch sizes (17, 33 or 65), each with its own Local-Net, Global-Net and heads,
+    trained in ``RUN/scales/p<size>/``. At evaluation every size's head maps are standardised with its own
+    training-image statistics (``score_norm``) and averaged with those of ``patch_size``. Empty: one scale, as in
+    the paper. UniStud (its multi-scale TS); ours for glance-lite. Measured as ``(17,)`` with the ``cpu`` settings
+    (``cpu-ms17-3k``, the appendix "Settings we tried"): offline ``mesh`` 0.867 against 0.785 but TS rose as much
+    (glance - TS -0.004), held-out ``screw`` unchanged, the hazelnut toy 0.880 against 0.916 and below its TS
+    (-0.043), at about twice the cost, so ``cpu`` keeps one scale."""
     batch_size: int = 64
     """Mini-batch size for every training stage. paper: 64."""
     lr: float = 1e-4
@@ -94,9 +94,10 @@ class Preset:
     finetune_patches: int = 20_000
     """Patches cropped from the category's good images for fine-tuning. ours."""
     finetune_steps: int = 10_000
-    """Optimiser steps of Local-Net fine-tuning on the category. ours.  For ``cpu``, 1,200 instead of 400 was
-    measured on the validation protocol (``cpu-ft1200``, chapter 08): TS gained (mean 0.841 against 0.821),
-    glance-lite lost (0.891 against 0.909; offline mesh 0.723, 0.063 below TS), so ``cpu`` keeps 400."""
+    """Optimiser steps of Local-Net fine-tuning on the category. ours. For ``cpu``, 1,200 instead of 400 was
+    measured on the validation protocol (``cpu-ft1200``, the appendix "Settings we tried"): TS gained (mean 0.841
+    against 0.821), glance-lite lost (0.891 against 0.909; offline mesh 0.723, 0.063 below TS), so ``cpu`` keeps
+    400."""
 
     # --- Global-Net and heads (Eq. 5-10) -------------------------------------------------------
     global_channels: tuple[int, ...] = (32, 32, 64, 64, 128, 128, 128)
@@ -130,21 +131,21 @@ class Preset:
     stage (``global_steps``) buys more holes for less. ours."""
 
     global_readout: str = "mean"
-    """How the Global-Net reads Z_g out of its final feature map (:mod:`glance_lite.models.global_net`):
-    ``mean`` -- a masked global average, then a linear layer, as in every run before this field; ``hole``
-    -- the linear layer also sees an average weighted towards the hole and the hole's coordinates, so
-    the network is told *where* the patch it must predict lies. ours (the paper does not describe the
-    read-out). Measured with ``hole`` on the validation protocol (``cpu-hole``, chapter 08): mean AU-PRO 0.904
-    against 0.909, offline ``mesh`` 0.017 lower, no source better by more than 0.002, so ``cpu`` keeps ``mean``."""
+    """How the Global-Net reads Z_g out of its final feature map (:mod:`glance_lite.models.global_net`): ``mean`` --
+    a masked global average, then a linear layer, as in every run before this field; ``hole`` -- the linear layer
+    also sees an average weighted towards the hole and the hole's coordinates, so the network is told *where* the
+    patch it must predict lies. ours (the paper does not describe the read-out). Measured with ``hole`` on the
+    validation protocol (``cpu-hole``, the appendix "Settings we tried"): mean AU-PRO 0.904 against 0.909, offline
+    ``mesh`` 0.017 lower, no source better by more than 0.002, so ``cpu`` keeps ``mean``."""
 
     iad_target_smoothing: int = 1
-    """What the Global-Net regresses (Eq. 7) and the inconsistency (Eq. 11) compares Z_g with: 1 -- Z_l of
-    the patch, as in the paper; 3 -- the mean Z_l of the 3 x 3 neighbouring patches of the raster grid
-    (shifted by up to the grid's stride; :func:`glance_lite.models.heads.iad_target`), so that detail that
-    moves with a shift of a few pixels, which no context can predict, is averaged out of the target. The
-    DAD head still compares Z_l of the patch. Must be odd. ours. Measured at 3 on the validation protocol
-    (``cpu-smooth3``, chapter 08): mean AU-PRO 0.875 against 0.909, lower on every source (offline ``mesh``
-    0.653 against 0.785), so ``cpu`` keeps 1."""
+    """What the Global-Net regresses (Eq. 7) and the inconsistency (Eq. 11) compares Z_g with: 1 -- Z_l of the
+    patch, as in the paper; 3 -- the mean Z_l of the 3 x 3 neighbouring patches of the raster grid (shifted by up to
+    the grid's stride; :func:`glance_lite.models.heads.iad_target`), so that detail that moves with a shift of a few
+    pixels, which no context can predict, is averaged out of the target. The DAD head still compares Z_l of the
+    patch. Must be odd. ours. Measured at 3 on the validation protocol (``cpu-smooth3``, the appendix "Settings we
+    tried"): mean AU-PRO 0.875 against 0.909, lower on every source (offline ``mesh`` 0.653 against 0.785), so
+    ``cpu`` keeps 1."""
 
     dad_negatives: str = "stain"
     """What the DAD head (Eq. 8-9) learns to call inconsistent: ``stain`` -- the patch with a random
@@ -155,29 +156,28 @@ class Preset:
 
     stain_min_axis: float = 0.12
     """Smallest semi-axis of the DAD head's stains, as a fraction of the patch side (the largest is 0.3;
-    :func:`glance_lite.data.stains.stain_mask`).  At 0.12 a stain on a 33-pixel patch is 8 to 20 pixels
-    across; smaller values add stains of a few pixels, the size of the small defects of grayscale
-    textures, where the DAD head was weakest.  Must lie in (0, 0.3]. ours (the paper gives no sizes).
-    Measured at 0.03 on the validation protocol (``cpu-stain03``, chapter 08): no effect, so ``cpu`` keeps 0.12.
+    :func:`glance_lite.data.stains.stain_mask`). At 0.12 a stain on a 33-pixel patch is 8 to 20 pixels across;
+    smaller values add stains of a few pixels, the size of the small defects of grayscale textures, where the DAD
+    head was weakest. Must lie in (0, 0.3]. ours (the paper gives no sizes). Measured at 0.03 on the validation
+    protocol (``cpu-stain03``, the appendix "Settings we tried"): no effect, so ``cpu`` keeps 0.12.
     """
 
     calibration_images: int = 0
-    """Training images kept out of the joint stage (Eq. 10), on which the scoring statistics -- the IAD
-    whitener and the score normaliser -- are fitted instead (:func:`glance_lite.train.training.calibration_split`;
-    at most a quarter of the training images).  0: the joint stage sees every training image and the
-    statistics come from 16 of them, as in every run before this field.  The Global-Net fits the images
-    it was trained on better than new normal images (chapter 08, "Why the ties"), so statistics from
-    those images understate how much it errs on a new normal image. ours. Measured at 16 on the two sources
-    where glance-lite and TS tie (``cpu-calib16-s3``, ``cpu-calib16-s4``, chapter 08): offline ``mesh`` 0.013
-    and 0.010 lower, the hazelnut toy within 0.003, so ``cpu`` keeps 0."""
+    """Training images kept out of the joint stage (Eq. 10), on which the scoring statistics -- the IAD whitener and
+    the score normaliser -- are fitted instead (:func:`glance_lite.train.training.calibration_split`; at most a
+    quarter of the training images). 0: the joint stage sees every training image and the statistics come from 16 of
+    them, as in every run before this field. The Global-Net fits the images it was trained on better than new normal
+    images, so statistics from those images understate how much it errs on a new normal image. ours. Measured at 16
+    on the two sources where glance-lite and TS tie (``cpu-calib16-s3``, ``cpu-calib16-s4``, the appendix "Settings
+    we tried"): offline ``mesh`` 0.013 and 0.010 lower, the hazelnut toy within 0.003, so ``cpu`` keeps 0."""
 
     # --- scoring (Eq. 11-13) and maps ----------------------------------------------------------
     lambda_s: float = 0.8
     """Balance of s_IAD and s_DAD in Eq. 13. paper: 0.8."""
     score_stride: int = 4
-    """Stride of the raster scan of patches (Fig. 2b). ours: for ``cpu`` 4 was kept over 2 on the
-    validation protocol (``cpu-s2``: mean AU-PRO 0.891 against 0.897 on four sources, 2.5 times the
-    evaluation time; chapter 08)."""
+    """Stride of the raster scan of patches (Fig. 2b). ours: for ``cpu`` 4 was kept over 2 on the validation
+    protocol (``cpu-s2``: mean AU-PRO 0.891 against 0.897 on four sources, 2.5 times the evaluation time; the
+    appendix "Settings we tried")."""
     idw_power: float = 2.0
     """Power of the inverse-distance weights. ours (Shepard's classic choice)."""
     score_norm: str = "none"
@@ -395,7 +395,7 @@ RATE_BOUNDS: dict[str, tuple[float, float, bool]] = {
 #: ``mesh`` 0.779 and ``hazelnut`` 0.911, against 0.785 and 0.916 at 3,000 steps.
 #: Its patch size stays 33: 17-pixel patches (a shipped Local-Net exists for them) were better on
 #: the offline ``mesh`` (0.732 against 0.591) but far worse on held-out ``screw`` (0.635 against 0.880),
-#: and multi-scale 17 + 33 costs twice a category (chapter 08).
+#: and multi-scale 17 + 33 costs twice a category (the appendix "Settings we tried").
 #: Its image size stays 128: 192 pixels fit the budget (about 14.5 minutes a category) and raised the
 #: mean AU-PRO to 0.918, but held-out ``screw`` lost 0.059 (``cpu-i192``, the appendix "Settings we tried");
 #: 256 pixels would take about 26 minutes.  160 pixels (``cpu-i160``) gave a lower mean, 0.904, with held-out

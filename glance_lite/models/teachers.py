@@ -23,7 +23,8 @@ concatenation of the patch's average-pooled features at the network's stride-8 a
 40 + 112 = 152-d), the middle of the hierarchy that PatchCore compares, instead of the last, most
 semantic feature.  Chosen with the preset field ``teacher`` (e.g. ``--set teacher=efficientnet_lite0_mid``);
 the Local-Net's decoder maps to the smaller dimension, and shipped weights are looked up under the
-variant's own name.  Measured on the validation protocol in :doc:`/notebooks/08_ablation_and_features`.
+variant's own name.  Measured on the validation protocol as ``cpu-mid``, in the appendix "Settings we
+tried" (:doc:`/notebooks/09_settings_we_tried`).
 
 Normalisation: ResNet-18 expects ImageNet mean/std; the TensorFlow Lite checkpoints expect
 ``(255 x - 127) / 128`` (mean 127/255, std 128/255 per channel).  We checked the latter on
