@@ -1,6 +1,6 @@
 # glance-lite: one entry point.  `make book` builds the book, `make test` runs every test.
-# Both create .venv and install the package with its extras first (nothing else is needed but
-# Python 3.11 and pip).
+# Both create .venv and install the package with its extras first (`make book` needs nothing but
+# Python 3.11 and pip; `make test` also needs Chromium for its browser check, which .ci/run installs).
 
 PYTHON ?= python3
 VENV   := .venv

@@ -17,7 +17,7 @@ The weight ``w`` is a setting, so it is chosen on the validation protocol (the o
 which are fair to tune on), never on MVTec AD's test split: :func:`sweep` scores each candidate on
 every run given, and :func:`choose` picks the weight with the best mean AU-PRO over the validation runs.
 
-Used in :doc:`/notebooks/08_ablation_and_features`.
+Used in :doc:`/notebooks/06_mvtec_ad`.
 """
 
 from __future__ import annotations
