@@ -29,7 +29,7 @@ import numpy as np
 from .paper_tables import (MVTEC_CATEGORIES, TABLE1_PRO, TABLE2_PIXEL_AUROC, TABLE4_LAMBDA_PRO,
                            TEXTURES, category_key)
 from ..common.presets import LATER_FIELDS, PRESETS
-from ..baselines.controls import strongest
+from ..baselines.controls import converged_ts as _is_converged, strongest
 from ..experiments.reproduce import load_patchcore, pro_by_lambda
 from ..experiments.validation import (CONTROLS_VERSION, LEGACY_LOCAL_NETS, finished_rows, local_net_id, same_weights,
                                       ts_lenders)
@@ -48,14 +48,10 @@ CONTROL_NAMES = {"ts": "TS (converged)", "knn": "nearest neighbours"}
 
 
 def converged_ts(summary: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A TS summary (the ``"ts"`` of a results file or a validation row) when its students were trained
-    until their held-out error stopped falling -- it records ``stop_steps`` and its rule is not a fixed step
-    count -- else None.  A summary without ``stop_steps`` is the under-trained 200-step baseline."""
-    if not summary or not summary.get("stop_steps"):
-        return None
-    if (summary.get("rule") or {}).get("kind") == "fixed":
-        return None
-    return summary
+    """A TS summary (the ``"ts"`` of a results file or a validation row) when it is a fair control, else
+    None: the package's own test, :func:`glance_lite.baselines.controls.converged_ts` (students trained by
+    the held-out stop rule).  A summary without ``stop_steps`` is the under-trained 200-step baseline."""
+    return summary if _is_converged(summary) else None
 
 
 def fair_controls(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
