@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--results", default=None,
                     help="folder for <preset>/validation.json (default: --out), e.g. glance_lite/results/validation")
     va.add_argument("--no-ts", action="store_true", help="skip the local-only controls (TS and nearest neighbours)")
+    va.add_argument("--controls", default=None, help="which local-only controls to run, comma-separated among "
+                                                     "ts, knn (default: both)")
     va.add_argument("--reuse", action="append", default=None, metavar="VALIDATION_JSON",
                     help="repeatable; take the finished rows of another validation.json with the same settings "
                          "(all preset fields but the name) as they are, e.g. to join sources run as separate jobs")
@@ -370,7 +372,8 @@ def _run(args: argparse.Namespace) -> int:
         p = _preset_from_args(args)
         print(describe(p), file=sys.stderr)
         return run_cli(args.source, args.out, p, teacher=args.teacher, ts=not args.no_ts, progress=not args.quiet,
-                       results=args.results, device=args.device, reuse=args.reuse)
+                       results=args.results, device=args.device, reuse=args.reuse,
+                       controls=_controls(args.controls))
     raise AssertionError(args.cmd)  # pragma: no cover
 
 

@@ -361,3 +361,39 @@ def test_sources_run_as_separate_jobs_join_into_one_variant(tmp_path, monkeypatc
     with pytest.raises(GlanceError, match="junk.json"):
         V.validate([b], out, p.replace(name="joined-3"), ts=False, progress=False, results=res,
                    reuse=[tmp_path / "junk.json"])
+
+
+def test_validate_runs_only_the_controls_asked_for_and_refits_when_one_is_missing(tmp_path, monkeypatch):
+    """``--controls knn`` scores a row with nearest neighbours alone; asking again for knn reuses it,
+    asking for both runs the source again with both (a row never claims a control it did not run)."""
+    import glance_lite.experiments.reproduce as R
+    from glance_lite.common.presets import get_preset
+    from glance_lite.data.offline_data import make_offline
+
+    off = make_offline(tmp_path / "off", size=32, n_train=1, n_test_good=1, n_test_defect=1)
+    calls = []
+
+    def fake(root, category, run, preset, teacher="auto", ts=True, progress=True, device=None, overlays=0,
+             controls=None):
+        calls.append(tuple(controls))
+        Path(run).mkdir(parents=True, exist_ok=True)
+        ran = {}
+        if "knn" in controls:
+            ran["knn"] = {"AU-PRO": 0.7, "pixel_AUROC": 0.9, "image_AUROC": 0.8, "k": 1, "bank_size": 10}
+        if "ts" in controls:
+            ran["ts"] = {"AU-PRO": 0.75, "pixel_AUROC": 0.8, "image_AUROC": 0.8,
+                         "students": {"stop_steps": [3], "heldout_curves": [],
+                                      "settings": {"rule": {"kind": "heldout-plateau"}}}}
+        return {"AU-PRO": 0.6, "pixel_AUROC": 0.9, "image_AUROC": 0.9, "heads": {}}, ran, {c: 1.0 for c in ran}
+
+    monkeypatch.setattr(R, "fit_evaluate_ts", fake)
+    monkeypatch.setattr(V, "lambda_sweep", lambda run: {})
+    p = get_preset("smoke").replace(name="smoke-ctl")
+    (row,) = V.validate([f"{off}:brick"], tmp_path / "val", p, progress=False, controls=("knn",))
+    assert calls == [("knn",)] and row["controls"] == ["knn"] and row["ts"] is None
+    assert row["local_AU-PRO"] == 0.7 and row["glance_minus_local_AU-PRO"] == pytest.approx(-0.1)
+    V.validate([f"{off}:brick"], tmp_path / "val", p, progress=False, controls=("knn",))
+    assert calls == [("knn",)]  # reused
+    (row,) = V.validate([f"{off}:brick"], tmp_path / "val", p, progress=False)
+    assert calls == [("knn",), ("ts", "knn")] and row["controls"] == ["ts", "knn"]
+    assert row["local_AU-PRO"] == 0.75 and row["local"]["AU-PRO_control"] == "ts"

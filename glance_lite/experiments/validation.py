@@ -625,9 +625,24 @@ def _hardware(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return hw
 
 
+def _controls_of(row: dict[str, Any]) -> tuple[str, ...]:
+    """The local-only controls a row was scored with (rows of :data:`CONTROLS_VERSION` written before
+    the field existed ran both)."""
+    from ..baselines.controls import CONTROLS
+
+    if row.get("controls_version") != CONTROLS_VERSION:
+        return ()
+    return tuple(row.get("controls") or CONTROLS)
+
+
 def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, progress: bool,
-                old: dict | None, device: str | None = None) -> tuple[dict[str, Any], bool]:
-    """Fit, evaluate and (optionally) TS one source; returns (row, reused)."""
+                old: dict | None, device: str | None = None,
+                controls: Sequence[str] | None = None) -> tuple[dict[str, Any], bool]:
+    """Fit, evaluate and (optionally) run the local-only controls (``controls``, default both) of one
+    source; returns (row, reused).  A finished row is reused when it holds every control asked for."""
+    from ..baselines.controls import CONTROLS
+
+    wanted = tuple(CONTROLS if controls is None else controls)
     import torch
 
     from .reproduce import fit_evaluate_ts
@@ -645,14 +660,15 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
     if isinstance(fields, dict):  # the variant's name changes no number: a row of another name counts
         fields = {**fields, "name": preset.name}
     if old and old.get("status") == "ok" and old.get("key") == key and same_net and same_preset(fields, preset) and (not ts or old.get("AU-PRO") is None
-                                                                        or old.get("controls_version") == CONTROLS_VERSION):
+                                                                        or set(wanted) <= set(_controls_of(old))):
         if "lambda_sweep" not in old and Path(old.get("run", "")).joinpath("head_maps.npz").is_file():
             old = dict(old, lambda_sweep=lambda_sweep(Path(old["run"])))  # rows written before the sweep existed
         return old, True
     run = out / "runs" / f"{src.name}-{key}"
     row.update(key=key, run=str(run), data_root=str(data_root), preset_fields=preset.to_dict())
-    m, controls, secs = fit_evaluate_ts(data_root, src.category, run, preset, teacher=teacher, ts=ts,
-                                        progress=progress, device=device, overlays=0)
+    m, ran, secs = fit_evaluate_ts(data_root, src.category, run, preset, teacher=teacher, ts=ts,
+                                   progress=progress, device=device, overlays=0, controls=wanted)
+    controls = ran
     heads = m.get("heads", {})
     row.update({k: m.get(k) for k in ("AU-PRO", "pixel_AUROC", "image_AUROC", "n_test", "teacher",
                                        "seconds_per_image")})
@@ -677,6 +693,7 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
     row["knn_AU-PRO"] = (row.get("knn") or {}).get("AU-PRO")
     row["local_AU-PRO"] = (row.get("local") or {}).get("AU-PRO")
     row["controls_version"] = CONTROLS_VERSION
+    row["controls"] = sorted(ran, key=CONTROLS.index) if ts else []
     _set_glance_minus_ts(row)
     row["seconds"] = round(time.perf_counter() - t0, 1)
     row["seconds_detail"] = {k: round(v, 1) for k, v in secs.items()}
@@ -854,7 +871,8 @@ def reusable_rows(files: Iterable[str | os.PathLike]) -> dict[str, dict[str, Any
 def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, preset: Preset | None = None,
              teacher: str = "auto", ts: bool = True, progress: bool = True,
              results: str | os.PathLike | None = None, device: str | None = None,
-             reuse: Sequence[str | os.PathLike] | None = None) -> list[dict[str, Any]]:
+             reuse: Sequence[str | os.PathLike] | None = None,
+             controls: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Run the validation protocol on ``sources`` (default: :func:`default_sources`); return the rows.
 
     For each source: build the held-out set (``heldout`` mode), ``fit`` into ``out/runs/...``,
@@ -865,7 +883,8 @@ def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, pre
     still run.  ``results`` puts ``<preset-name>/validation.json`` in another folder than ``out``
     (e.g. the committed ``glance_lite/results/validation``, while held-out images and runs stay in ``out``).
     ``reuse`` names other ``validation.json`` files whose finished rows of the same settings are taken
-    as they are (:func:`reusable_rows`).
+    as they are (:func:`reusable_rows`).  ``controls`` names the local-only controls (default: both,
+    :data:`glance_lite.baselines.controls.CONTROLS`); each row records those it ran (``controls``).
     """
     from ..train.training import git_commit
 
@@ -896,6 +915,7 @@ def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, pre
                         "splits that are fair to tune on (offline set, hazelnut toy); no test image of a "
                         "real category is read",
             "preset": p.name, "preset_fields": p.to_dict(), "teacher_requested": teacher, "ts": ts,
+            "controls": list(controls or ("ts", "knn")) if ts else [],
             "git_commit": git_commit(), "hardware": _hardware(rows),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "heldout_version": HELDOUT_VERSION,
             "sources": [str(s) for s in srcs], "rows": rows, "mean": mean_row(rows),
@@ -904,7 +924,7 @@ def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, pre
 
     for s in srcs:
         try:
-            row, reused = _run_source(s, out, p, teacher, ts, progress, old_rows.get(s.name), device)
+            row, reused = _run_source(s, out, p, teacher, ts, progress, old_rows.get(s.name), device, controls)
         except Exception as e:  # noqa: BLE001 - one failing source must not stop the others
             row, reused = {"source": s.name, "root": str(s.root), "category": s.category, "mode": s.mode,
                            "status": "failed", "error": _one_line(e)}, False
@@ -918,14 +938,14 @@ def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, pre
 
 def run_cli(source_specs: Sequence[str] | None, out: str, preset: Preset, teacher: str = "auto",
             ts: bool = True, progress: bool = True, results: str | None = None, device: str | None = None,
-            reuse: Sequence[str] | None = None) -> int:
+            reuse: Sequence[str] | None = None, controls: Sequence[str] | None = None) -> int:
     """``glance-lite validate``: validate, print the markdown table, one stderr line per failed
     source; returns the exit status (1 when a source failed)."""
     import sys
 
     sources = [parse_source(s) for s in source_specs] if source_specs else None
     rows = validate(sources, out, preset, teacher=teacher, ts=ts, progress=progress, results=results,
-                    device=device, reuse=reuse)
+                    device=device, reuse=reuse, controls=controls)
     print(validation_table_markdown(rows))
     print(Path(results if results is not None else out) / preset.name / "validation.json")
     failed = [r for r in rows if r.get("status") != "ok"]
