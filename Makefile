@@ -1,6 +1,7 @@
 # glance-lite: one entry point.  `make book` builds the book, `make test` runs every test.
 # Both create .venv and install the package with its extras first (`make book` needs nothing but
-# Python 3.11 and pip; `make test` also needs Chromium for its browser check, which .ci/run installs).
+# Python 3.11 and pip; `make test` also needs Chromium for its browser check: tools/need_chromium.sh
+# installs it where the user may, and otherwise stops at the start with the instruction).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -43,6 +44,7 @@ book: $(STAMP) $(MATHJAX)
 # (about 2 minutes on 2 cores) and the Colab-style check of one chapter that trains (03) and one
 # that reads results files (06).
 test: $(STAMP) $(MATHJAX)
+	bash tools/need_chromium.sh
 	GLANCE_PRESET=smoke $(BIN)/python -m pytest tests -q
 	GLANCE_PRESET=smoke $(BIN)/python -m pytest --nbval-lax notebooks/ -q -p no:cacheprovider
 	mkdir -p _build

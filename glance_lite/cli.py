@@ -3,7 +3,7 @@
 Every user-facing error (a missing run, a wrong category, an unreadable image, a broken dataset)
 is printed as one line on stderr with a non-zero exit status, never as a traceback.
 
-Defined in :doc:`/book/running`.
+Defined in :doc:`/book/cli`.
 """
 
 from __future__ import annotations

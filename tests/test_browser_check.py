@@ -55,3 +55,23 @@ def test_each_defect_fails_and_a_clean_page_passes(tmp_path):
         assert any(words in p for p in res[f"{name}.html"]), (name, res[f"{name}.html"])
     assert any("not typeset" in p for p in res["cdn_math.html"])
     assert (tmp_path / "shots" / "clean.png").is_file()
+
+
+def test_make_test_stops_at_once_with_the_instruction_when_chromium_is_missing(tmp_path):
+    """Without chromium on PATH and no right to install it, ``tools/need_chromium.sh`` (the first step
+    of ``make test``) exits 1 with the one instruction; with a chromium on PATH it exits 0."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "tools" / "need_chromium.sh"
+    bash = shutil.which("bash")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = subprocess.run([bash, str(script)], env={"PATH": str(empty)}, capture_output=True, text=True)
+    assert r.returncode == 1 and "apt-get install chromium" in r.stderr
+    fake = empty / "chromium"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    r = subprocess.run([bash, str(script)], env={"PATH": str(empty)}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -18,7 +18,7 @@ forward pass under :func:`torch.autocast` in bfloat16 where the GPU supports it,
 with a gradient scaler; on the CPU it is always off, so the CPU presets and every exact-equality test
 run in float32.  :func:`configure` turns on TF32 matmuls on CUDA.
 
-Taught in :doc:`/book/running` (section "Devices").
+Taught in :doc:`/book/cli` (section "Devices").
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ then prints the ratios to the first size and the time these three stages would t
 category with ``--train``/``--test`` images at the preset's ``global_steps``.  This is a benchmark,
 not a test; on a shared machine the ratios are steadier than the seconds.
 
-Defined in :doc:`/book/running`.
+Defined in :doc:`/book/cli`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ memory, checkpoints, scoring at 256 px) on whatever device it is given, and it m
 * the peak memory (resident set on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU);
 * an estimate of one category's time at the ``paper`` preset's full step counts, from those rates.
 
-The estimate is labelled as one.  :doc:`/book/running` quotes it, and says when a GPU measurement
+The estimate is labelled as one.  :doc:`/book/cli` quotes it, and says when a GPU measurement
 replaces it.
 """
 

@@ -50,7 +50,7 @@ so absolute numbers on held-out sets say little about test-set numbers; they are
 settings.  The held-out tenth is also taken away from the training set of the validation runs, which
 train on 90 % of the images that the final runs use.
 
-Defined in :doc:`/book/running`.
+Defined in :doc:`/book/cli`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ stay inside a laptop budget; this module runs the long version once and writes w
 Deviation: the paper's corpus is ImageNet; ours is a couple of dozen photographs shipped in
 installed wheels, made varied by augmentation (see :mod:`glance_lite.data.corpus`).
 
-Defined in :doc:`/notebooks/01_local_net` and :doc:`/book/running`.
+Defined in :doc:`/notebooks/01_local_net` and :doc:`/book/cli`.
 """
 
 from __future__ import annotations
