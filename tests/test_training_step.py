@@ -153,3 +153,95 @@ def test_draw_global_batch_is_a_function_of_the_step():
     k4 = draw_global_batch(p.replace(global_holes=4), 0, 6, tops, lefts)
     assert len(k4.idx) == 4 * p.batch_size
     assert torch.equal(k4.idx, k4.idx[::4].repeat_interleave(4))
+
+
+# ------------------------------------------------------------------------------------------------
+# The Local-Net's stages (Eq. 1-3, chapter 01) and the TS students (chapter 06), written by hand
+# ------------------------------------------------------------------------------------------------
+
+def _local_data(p, n=40, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    patches = (torch.rand(n, 3, p.patch_size, p.patch_size, generator=g) * 255).round().to(torch.uint8)
+    targets = torch.randn(n, 24, generator=g) * 3 + 1
+    return patches.float() / 255, targets
+
+
+def _trainer(p, seed=11):
+    from glance_lite.train.training import LocalTrainer
+
+    torch.manual_seed(seed)
+    return LocalTrainer(p, 24)
+
+
+def _local_by_hand(p, patches, targets, steps, drop_compactness=False):
+    """Chapter 01's loop: Eq. 1 + Eq. 2 -> Eq. 3, Adam, the package's batches."""
+    from glance_lite.models.local_net import compactness_loss
+    from glance_lite.train.training import local_batch
+
+    t = _trainer(p)
+    t.set_stats(targets)
+    tn = (targets - t.mean) / t.std
+    opt = torch.optim.Adam([*t.local_net.parameters(), *t.decoder.parameters()], lr=p.lr, weight_decay=p.weight_decay)
+    B, out = min(p.batch_size, len(patches)), []
+    t.local_net.train(), t.decoder.train()
+    for step in range(steps):
+        idx = local_batch(p.seed, "finetune", step, len(patches), B)
+        z = t.local_net(patches[idx])
+        lk = (t.decoder(z) - tn[idx]).pow(2).mean()
+        lc = compactness_loss(z)
+        loss = p.lambda_k * lk + (0.0 if drop_compactness else p.lambda_c) * lc
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        out.append([float(loss.detach()), float(lk.detach()), float(lc.detach())])
+    return t, np.array(out)
+
+
+def test_the_local_net_loop_by_hand_equals_local_trainer(tmp_path):
+    p = get_preset("smoke").replace(batch_size=8)
+    patches, targets = _local_data(p)
+    pkg = _trainer(p)
+    pkg.set_stats(targets)
+    h = pkg.train("finetune", patches, targets, STEPS, tmp_path / "ft.pt", progress=False)
+    hand, losses = _local_by_hand(p, patches, targets, STEPS)
+    ref = np.array([[r["loss"], r["distillation"], r["compactness"]] for r in h.records])
+    np.testing.assert_allclose(losses, ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(hand.local_net.parameters(), pkg.local_net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # a loop without Eq. 2 trains other weights: the comparison can fail
+    wrong, _ = _local_by_hand(p, patches, targets, STEPS, drop_compactness=True)
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(wrong.local_net.parameters(),
+                                                                  pkg.local_net.parameters()))
+
+
+def test_the_student_loop_by_hand_equals_train_student(tmp_path):
+    from glance_lite.baselines.students import _student_seed, new_student, train_student
+    from glance_lite.train.training import local_batch
+
+    p = get_preset("smoke").replace(batch_size=8)
+    patches, targets = _local_data(p)
+    pool = (patches * 255).round().to(torch.uint8)
+    targets = torch.randn(len(pool), p.descriptor_dim, generator=torch.Generator().manual_seed(2))
+    pkg = new_student(p.patch_size, p.descriptor_dim, 3)
+    h = train_student(pkg, 0, pool, targets, p, STEPS, 1e-3, tmp_path / "s.pt", progress=False)
+
+    def by_hand(seed):
+        s = new_student(p.patch_size, p.descriptor_dim, 3)
+        opt = torch.optim.Adam(s.parameters(), lr=1e-3, weight_decay=p.weight_decay)
+        s.train()
+        out = []
+        for step in range(STEPS):
+            idx = local_batch(seed, "students", step, len(pool), min(p.batch_size, len(pool)))
+            loss = (s(pool[idx].float() / 255) - targets[idx]).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            out.append(float(loss.detach()))
+        return s, out
+
+    s, losses = by_hand(_student_seed(p, 0))
+    np.testing.assert_allclose(losses, [r["loss"] for r in h.records], rtol=1e-5, atol=1e-7)
+    for a, b in zip(s.parameters(), pkg.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    other, _ = by_hand(_student_seed(p, 1))  # the batches of another student: other weights
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(other.parameters(), pkg.parameters()))

@@ -427,13 +427,14 @@ def train_student(
 ):
     """Train student ``k`` to regress standardised teacher descriptors ``targets`` of ``patches``.
 
-    Each step takes ``preset.batch_size`` random patches of the pool (uint8, (P, 3, p, p)), drawn
-    from generators seeded by ``(seed + 7919 (k + 1), step)``, and minimises
+    Each step takes ``preset.batch_size`` random patches of the pool (uint8, (P, 3, p, p)), drawn by
+    :func:`glance_lite.train.training.local_batch` with the seed ``seed + 7919 (k + 1)``, and minimises
     :func:`~glance_lite.models.local_net.distillation_loss` (the squared error averaged over dimensions).
     Resumable and exact through :func:`glance_lite.train.training.run_stage` (checkpoint ``ckpt``).
-    Returns the stage's :class:`~glance_lite.train.training.StageHistory`.
+    Returns the stage's :class:`~glance_lite.train.training.StageHistory`.  Taught in
+    :doc:`/notebooks/06_mvtec_ad`, whose visible student loop is checked against it.
     """
-    from ..train.training import run_stage, step_generators
+    from ..train.training import local_batch, run_stage
 
     dev = next(student.parameters()).device
     patches = patches.to(dev)
@@ -448,8 +449,7 @@ def train_student(
     B = min(preset.batch_size, n)
 
     def step_fn(step: int) -> dict[str, Tensor]:
-        g, _ = step_generators(seed, "students", step)
-        idx = torch.randint(n, (B,), generator=g)[shard(B, ctx)].to(dev)  # this rank's share (all of it alone)
+        idx = local_batch(seed, "students", step, n, B)[shard(B, ctx)].to(dev)  # this rank's share (all of it alone)
         err = (student(patches[idx].float() / 255) - targets[idx]).pow(2).mean(1)
         return {"loss": share_of_mean(err, B)}  # sums over the ranks to the batch mean
 

@@ -55,6 +55,7 @@ __all__ = [
     "run_stage",
     "step_generators",
     "crop_patches",
+    "local_batch",
     "LocalTrainer",
     "pretrain_local",
     "finetune_local",
@@ -228,6 +229,17 @@ def _check_batch(batch: int, ctx: DistContext, stage: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def local_batch(seed: int, stage: str, step: int, n: int, batch: int) -> torch.Tensor:
+    """The indices of the ``batch`` cached patches (out of ``n``) that step ``step`` of a Local-Net stage
+    (``"pretrain"`` or ``"finetune"``) trains on: drawn with replacement from the step's own generator
+    (:func:`step_generators`), so that a resumed stage, or a loop written by hand, draws the same batches.
+
+    Taught in :doc:`/notebooks/01_local_net`, whose visible Eq. 1-3 loop calls it and is checked against
+    :meth:`LocalTrainer.train`."""
+    g, _ = step_generators(seed, stage, step)
+    return torch.randint(n, (batch,), generator=g)
+
+
 class LocalTrainer:
     """Distils a Local-Net from cached teacher features (Eq. 1-3).
 
@@ -286,8 +298,7 @@ class LocalTrainer:
         _check_batch(B, ctx, stage)
 
         def step_fn(step: int) -> dict[str, torch.Tensor]:
-            g, _ = step_generators(p.seed, stage, step)
-            idx = torch.randint(n, (B,), generator=g)[shard(B, ctx)]  # this rank's share of the global batch
+            idx = local_batch(p.seed, stage, step, n, B)[shard(B, ctx)]  # this rank's share of the global batch
             z = self.local_net(to_device(patches[idx], dev, torch.float32))
             pred = self.decoder(z)
             # Eq. 1 averaged over dimensions, as this rank's share of the batch mean
