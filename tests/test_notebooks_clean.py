@@ -89,3 +89,23 @@ def test_chapter_code_is_formatted_for_the_column(tmp_path):
     # and the check can fail: a long call is split
     long = "result = some_function(first_argument, second_argument, third_argument, fourth)\n"
     assert format_source(long) != long and all(len(x) <= 72 for x in format_source(long).splitlines())
+
+
+VISIBLE_LOOPS = {
+    "01_local_net.ipynb": "package.train(",  # LocalTrainer.train: pretrain_local / finetune_local
+    "03_heads_and_training.ipynb": "train_global",
+    "06_mvtec_ad.ipynb": "students.train_student(",
+}
+
+
+@pytest.mark.parametrize("name", sorted(VISIBLE_LOOPS))
+def test_chapters_train_with_a_visible_loop_checked_against_the_package(name):
+    """A chapter that teaches a training stage writes its loop out (backward and an optimiser step in a
+    code cell that is shown) and, in a later shown cell, asserts that the package's loop gives the same."""
+    cells = json.loads((ROOT / "notebooks" / name).read_text())["cells"]
+    shown = [("".join(c["source"]), i) for i, c in enumerate(cells) if c["cell_type"] == "code"
+             and not {"remove-cell", "hide-cell", "remove-input"} & set(c.get("metadata", {}).get("tags", []))]
+    loops = [i for s, i in shown if ".backward()" in s and "opt.step()" in s]
+    assert loops, f"{name}: no visible training loop"
+    checks = [i for s, i in shown if VISIBLE_LOOPS[name] in s and "assert" in s and i >= loops[0]]
+    assert checks, f"{name}: the loop is never checked against {VISIBLE_LOOPS[name]}"

@@ -239,9 +239,9 @@ def test_the_student_loop_by_hand_equals_train_student(tmp_path):
             out.append(float(loss.detach()))
         return s, out
 
-    s, losses = by_hand(_student_seed(p, 0))
+    s, losses = by_hand(student_seed(p, 0))
     np.testing.assert_allclose(losses, [r["loss"] for r in h.records], rtol=1e-5, atol=1e-7)
     for a, b in zip(s.parameters(), pkg.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    other, _ = by_hand(_student_seed(p, 1))  # the batches of another student: other weights
+    other, _ = by_hand(student_seed(p, 1))  # the batches of another student: other weights
     assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(other.parameters(), pkg.parameters()))

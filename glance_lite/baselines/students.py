@@ -92,6 +92,7 @@ __all__ = [
     "STOP_TOL",
     "STOP_WINDOW",
     "stop_rule",
+    "student_seed",
     "fixed_rule",
     "has_converged",
     "heldout_loss",
@@ -409,7 +410,8 @@ def new_student(patch_size: int, dim: int, seed: int) -> LocalNet:
         return LocalNet(patch_size, dim)
 
 
-def _student_seed(preset: Preset, k: int) -> int:
+def student_seed(preset: Preset, k: int) -> int:
+    """The seed of student ``k``: its initial weights (:func:`new_student`) and its batches."""
     return int(preset.seed) + _STUDENT_SEED * (k + 1)
 
 
@@ -441,7 +443,7 @@ def train_student(
     targets = targets.to(dev)
     n = len(patches)
     opt = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=preset.weight_decay)
-    seed = _student_seed(preset, k)
+    seed = student_seed(preset, k)
 
     from ..common.distributed import current, shard, share_of_mean
 
@@ -616,7 +618,7 @@ def fit_students(
     students, hists, curves = [], [], []
     remaining = stop_after
     for k in range(n_students):
-        student = new_student(p.patch_size, p.descriptor_dim, _student_seed(p, k)).to(dev)
+        student = new_student(p.patch_size, p.descriptor_dim, student_seed(p, k)).to(dev)
         ckpt = ck / f"students_{k}.pt"
         before = int(load_torch(ckpt)["step"]) if ckpt.is_file() else 0
         if remaining is not None and remaining <= 0:
