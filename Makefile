@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.glance-installed
 # MathJax, pinned and hash-checked, served from the book's _static (see tools/fetch_mathjax.py).
 MATHJAX := _vendor/static/mathjax/tex-svg.js
 
-.PHONY: all setup book test unit nbval book-smoke results bench paper-dry colab-check clean clean-book
+.PHONY: all setup book test unit nbval book-smoke results bench paper-dry colab-check clean clean-book student grade
 
 all: test
 
@@ -72,6 +72,15 @@ paper-dry: $(STAMP)
 # in an empty folder, smoke preset (tools/colab_check.py).  `make test` runs two chapters of it.
 colab-check: $(STAMP)
 	$(BIN)/python tools/colab_check.py
+
+# The exercises (tools/exercises.py): the student edition without solutions, and grading of a folder
+# of completed notebooks (`make grade SUBMISSIONS=folder` writes grades.csv, one row per student and exercise).
+student: $(STAMP)
+	$(BIN)/python tools/exercises.py student --out _build/student
+
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || (echo "make grade SUBMISSIONS=folder-of-completed-notebooks" >&2; exit 1)
+	$(BIN)/python tools/exercises.py grade "$(SUBMISSIONS)" --out grades.csv
 
 bench: $(STAMP)
 	$(BIN)/python -m glance_lite.experiments.bench
