@@ -30,8 +30,12 @@ setup: $(STAMP) $(MATHJAX)
 
 # The book: executes every notebook with the preset that fits the machine (GLANCE_PRESET, or
 # `paper` on CUDA / `cpu` otherwise), using Jupyter Book's execution cache; a notebook error fails.
+# Then, where Chromium is installed, the pages are checked in it and screenshotted into _build/screenshots.
 book: $(STAMP) $(MATHJAX)
 	$(BIN)/jupyter-book build . --builder html
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+	  $(BIN)/python tools/browser_check.py _build/html --screenshots _build/screenshots; \
+	else echo "book: no Chromium, so no page check or screenshots (apt-get install chromium)"; fi
 	@echo "book: open _build/html/index.html"
 
 # The tests: unit tests, then every notebook executed through nbval with the smoke preset (a
