@@ -23,6 +23,7 @@ Used in :doc:`/notebooks/06_mvtec_ad`.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,6 +32,7 @@ import numpy as np
 
 from ..common.fileio import GlanceError, atomic_write_json
 from ..common.presets import hardware_info
+from ..train.training import git_commit
 
 __all__ = ["WEIGHTS", "combined_maps", "sweep", "choose", "main"]
 
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
            "validation": val, "test": {k: {"AU-PRO": v["AU-PRO"][best], "pixel_AUROC": v["pixel_AUROC"][best],
                                            "nn AU-PRO": v["AU-PRO"]["0"], "glance AU-PRO": v["glance AU-PRO"]}
                                        for k, v in test.items()},
-           "hardware": hardware_info(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "hardware": hardware_info(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
+           "command": " ".join(["python -m glance_lite.experiments.combined", *map(str, sys.argv[1:] if argv is None else argv)]),
            "written_by": "python -m glance_lite.experiments.combined"}
     atomic_write_json(a.out, res)
     print(json.dumps({"chosen_weight": res["chosen_weight"], "test": res["test"]}, indent=1))

@@ -29,6 +29,7 @@ import torch
 from ..common.devices import resolve_device
 from ..common.fileio import atomic_write_json
 from ..common.presets import Preset, describe, get_preset, hardware_info
+from ..train.training import git_commit
 
 __all__ = ["dry_preset", "paper_dry", "main"]
 
@@ -100,6 +101,8 @@ def paper_dry(work: str | Path, device: str | None = None, steps: int = DRY_STEP
                           "paper preset's steps (pretrain is done once, not per category); evaluation for "
                           f"{n_test_mvtec} test images"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git_commit": git_commit(),
+        "written_by": "python -m glance_lite.experiments.paper_dry",
     }
     return report
 
