@@ -215,7 +215,7 @@ def test_the_local_net_loop_by_hand_equals_local_trainer(tmp_path):
 
 
 def test_the_student_loop_by_hand_equals_train_student(tmp_path):
-    from glance_lite.baselines.students import _student_seed, new_student, train_student
+    from glance_lite.baselines.students import new_student, student_seed, train_student
     from glance_lite.train.training import local_batch
 
     p = get_preset("smoke").replace(batch_size=8)
