@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from glance_lite.common.presets import REMOVED_FIELDS
 from glance_lite.report import book_tables
 from glance_lite.report.paper_tables import TABLE1_PRO, TABLE4_LAMBDA_PRO
 from glance_lite.experiments.reproduce import load_results, load_validation
@@ -82,17 +83,15 @@ def test_validation_tables_match_the_files():
             assert np.isnan(lev.loc[label, "TS (converged)"])
         # what the variant changes is named, image size included (a variant may change only that)
         assert lev.loc[label, "image, Local-Net"].startswith(f"{v['preset_fields']['image_size']} px, ")
-        # and so is a joint stage with its own learning rate or schedule, and only such a one
+        # and so is each setting since removed from the package that the variant used, and only such a one
         f = v["preset_fields"]
-        own_lr = f.get("global_lr") is not None or f.get("global_schedule", "constant") != "constant"
-        assert (" lr " in lev.loc[label, "joint steps × holes, DAD negatives"]) == own_lr
+        joint = lev.loc[label, "joint stage"]
+        for k, old in REMOVED_FIELDS.items():
+            assert (f", {k} = " in joint) == (f.get(k, old) != old), (name, k)
         # and stains that can be smaller than the default's
         assert ("fine-tuned" in lev.loc[label, "image, Local-Net"]) == (f.get("finetune_steps", 400) != 400)
-        assert ("(≥" in lev.loc[label, "joint steps × holes, DAD negatives"]) == (f.get("stain_min_axis", 0.12) != 0.12)
+        assert ("stains ≥" in joint) == (f.get("stain_min_axis", 0.12) != 0.12)
         assert ("stride" in lev.loc[label, "IAD, λ_s"]) == (f.get("score_stride", 4) != 4)
-        assert ("hole read-out" in lev.loc[label, "joint steps × holes, DAD negatives"]) == (
-            f.get("global_readout", "mean") == "hole")
-        assert ("target" in lev.loc[label, "IAD, λ_s"]) == (f.get("iad_target_smoothing", 1) != 1)
     src = book_tables.validation_sources(val)
     for name, v in val.items():
         if name in repeats:
@@ -142,7 +141,8 @@ def test_seed_repeats_are_grouped_and_summarised():
     val["cpu-cont"]["rows"][0]["local_net"] = {"kind": "shipped", "sha256": "ab" * 32}
     assert book_tables.seed_repeats(val) == {"cpu-seed1": "cpu", "cpu-seed2": "cpu", "cpu-i192-seed1": "cpu-i192"}
     del val["cpu-cont"]
-    # a file written after a field was added records it at its old value: still a repeat; at another value, not
+    # a file that records a field added later (or removed since) at its old value: still a repeat; at another
+    # value, not
     val["cpu-seed3"] = _val("cpu-seed3", 3, [("mesh", 0.73, 0.74)], global_readout="mean", stain_min_axis=0.12)
     val["cpu-hole"] = _val("cpu-hole", 0, [("mesh", 0.77, 0.78)], global_readout="hole")
     rep = book_tables.seed_repeats(val)
@@ -278,7 +278,7 @@ def test_lever_table_names_weights_that_were_never_shipped() -> None:
     assert t.loc["cand", "image, Local-Net"] == "128 px, candidate p33 (ffffffff)"
 
 
-def test_lever_table_names_a_hole_read_out():
+def test_lever_table_names_the_settings_that_left_the_package():
     from glance_lite.common.presets import PRESETS
 
     def variant(name: str, day: int, **fields: object) -> dict:
@@ -287,19 +287,12 @@ def test_lever_table_names_a_hole_read_out():
         v["mean"] = {"n_sources": 1, "AU-PRO": 0.8, "ts_AU-PRO": 0.79, "glance_minus_ts_AU-PRO": 0.01}
         return v
 
-    lev = book_tables.validation_levers({"cpu-x": variant("cpu-x", 1, global_readout="hole"),
-                                         "cpu-y": variant("cpu-y", 2, global_steps=1000)})
-    assert lev.loc["cpu-x", "joint steps × holes, DAD negatives"].endswith(", hole read-out")
-    assert "read-out" not in lev.loc["cpu-y", "joint steps × holes, DAD negatives"]
-    lev = book_tables.validation_levers({"cpu-z": variant("cpu-z", 1, iad_target_smoothing=3)})
-    assert lev.loc["cpu-z", "IAD, λ_s"] == "whitened, 0.8, 3×3 target"
-    assert "target" not in book_tables.validation_levers({"cpu-y": variant("cpu-y", 2)}).loc["cpu-y", "IAD, λ_s"]
-    lev = book_tables.validation_levers({"cpu-c": variant("cpu-c", 1, calibration_images=16),
-                                         "cpu-y": variant("cpu-y", 2)})
-    assert lev.loc["cpu-c", "joint steps × holes, DAD negatives"].endswith(", 16 images kept for the statistics")
-    assert "kept" not in lev.loc["cpu-y", "joint steps × holes, DAD negatives"]
-
-
+    lev = book_tables.validation_levers({"cpu-x": variant("cpu-x", 1, global_readout="hole", global_holes=1),
+                                         "cpu-z": variant("cpu-z", 2, iad_target_smoothing=3, stain_min_axis=0.03),
+                                         "cpu-y": variant("cpu-y", 3, global_steps=1000, global_readout="mean")})
+    assert lev.loc["cpu-x", "joint stage"] == "3000 steps, global_readout = hole"
+    assert lev.loc["cpu-z", "joint stage"] == "3000 steps, stains ≥ 0.03 p, iad_target_smoothing = 3"
+    assert lev.loc["cpu-y", "joint stage"] == "1000 steps"  # a removed field at its former default is no change
 def test_context_table_averages_fits_and_joins_the_seed_intervals():
     pd = pytest.importorskip("pandas")
     ctx = [{"source": "mesh", "r2_context": 0.30, "r2_position": 0.02},

@@ -114,10 +114,11 @@ def test_set_overrides_are_typed_and_checked():
                          "max_test_images=none", "teacher=efficientnet_lite0"])
     assert o == {"global_steps": 30, "lr": 1e-4, "global_channels": (8, 8, 16, 16, 16, 32, 32),
                  "max_test_images": None, "teacher": "efficientnet_lite0"}
-    # an optional float field takes a float, or none
-    assert parse_overrides(["global_lr=1e-3", "global_schedule=cosine"]) == {"global_lr": 1e-3,
-                                                                          "global_schedule": "cosine"}
-    assert parse_overrides(["global_lr=none"]) == {"global_lr": None}
+    # an optional count takes a whole number, or none
+    assert parse_overrides(["max_train_images=5"]) == {"max_train_images": 5}
+    # a field that was measured, not adopted and removed from the package: refused, saying so
+    with pytest.raises(ValueError, match="global_lr was measured, not adopted and removed"):
+        parse_overrides(["global_lr=1e-3"])
     assert parse_overrides(["pretrained=none", "score_norm=position"]) == {"pretrained": "none",
                                                                              "score_norm": "position"}
     for bad in (["global_step=3"], ["global_steps"], ["global_steps=lots"], ["name=x"], ["patch_size=none"],
@@ -139,6 +140,11 @@ def test_fit_with_set_and_name_records_the_variant(tmp_path, capsys, monkeypatch
     assert main(args + ["--set", "global_stepz=3"]) != 0 and "global_stepz" in _err(capsys)
     assert main(args + ["--set", "global_steps=3", "--name", "cpu"]) != 0 and "--name" in _err(capsys)
     assert main(args + ["--name", "../escape"]) != 0 and "--name" in _err(capsys)
+    # a removed setting: one line naming it, and where its result is kept
+    for removed in ("global_lr=1e-3", "global_holes=4", "global_readout=hole"):
+        assert main(args + ["--set", removed, "--name", "x"]) != 0
+        err = _err(capsys)
+        assert removed.split("=")[0] in err and "removed from the package" in err and "Settings we tried" in err
 
 
 def test_readme_commands_parse():

@@ -48,11 +48,11 @@ def _local_stage(ctx: DistContext, out: str, steps: int, stop_after: int | None 
                     "losses": [r["loss"] for r in h.records]}, Path(out) / "result.pt")
 
 
-def _global_stage(ctx: DistContext, out: str, steps: int, holes: int = 1, stop_after: int | None = None) -> None:
+def _global_stage(ctx: DistContext, out: str, steps: int, stop_after: int | None = None) -> None:
     from glance_lite.models.model import GlanceModel
     from glance_lite.train.training import train_global
 
-    p = _preset(global_steps=steps, global_holes=holes)
+    p = _preset(global_steps=steps)
     torch.manual_seed(0)
     model = GlanceModel(p)
     images = torch.rand(6, 3, p.image_size, p.image_size, generator=torch.Generator().manual_seed(6))
@@ -77,8 +77,7 @@ def _students_stage(ctx: DistContext, out: str, steps: int, stop_after: int | No
         torch.save({"state": student.state_dict(), "losses": [r["loss"] for r in h.records]}, Path(out) / "result.pt")
 
 
-STAGES = {"local": (_local_stage, ()), "global": (_global_stage, ()), "global-K2": (_global_stage, (2,)),
-          "students": (_students_stage, ())}
+STAGES = {"local": (_local_stage, ()), "global": (_global_stage, ()), "students": (_students_stage, ())}
 
 
 def _single(fn, out: Path, *args, **kw) -> dict:
@@ -138,7 +137,7 @@ def test_a_run_stopped_under_two_ranks_resumes_under_one(tmp_path):
     full = _single(_global_stage, tmp_path / "full", STEPS)
     run = tmp_path / "run"
     run.mkdir()
-    spawn_local(_global_stage, WORLD, str(run), STEPS, 1, 2, timeout=240)  # stop after 2 of 4 steps
+    spawn_local(_global_stage, WORLD, str(run), STEPS, 2, timeout=240)  # stop after 2 of 4 steps
     ck = torch.load(run / "checkpoints" / "global.pt", weights_only=True)
     assert ck["step"] == 2
     resumed = _single(_global_stage, run, STEPS)

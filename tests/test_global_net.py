@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glance_lite.models.global_net import GlobalNet, hole_centres, hole_mask
+from glance_lite.models.global_net import GlobalNet, hole_mask
 from glance_lite.models.partial_conv import MaskError
 from glance_lite.common.presets import get_preset
 
@@ -159,68 +159,3 @@ def test_bad_input_raises():
         net(torch.rand(1, 3, 32, 32), torch.ones(1, 1, 16, 32))
     with pytest.raises(ValueError):
         GlobalNet(channels=(4, 4), strides=(2,))
-
-
-# ------------------------------------------------------------------ the hole read-out (global_readout)
-
-
-def test_hole_centres_are_the_patch_centres_and_the_image_centre_without_a_hole():
-    m = hole_mask((40, 50), [0, 7, 23], [0, 30, 11], 17)
-    assert torch.equal(hole_centres(m), torch.tensor([[8.0, 8.0], [15.0, 38.0], [31.0, 19.0]]))
-    assert torch.equal(hole_centres(torch.ones(1, 1, 40, 50)), torch.tensor([[19.5, 24.5]]))
-
-
-@pytest.mark.parametrize("train", [True, False])
-def test_hole_readout_never_sees_the_hole_pixels(train):
-    p = get_preset("cpu").replace(global_readout="hole")
-    torch.manual_seed(0)
-    net = GlobalNet.from_preset(p).train(train)
-    assert net.readout == "hole" and net.fc.in_features == 2 * p.global_channels[-1] + 2
-    s, ps = p.image_size, p.patch_size
-    images = torch.rand(2, 3, s, s)
-    mask = hole_mask(s, [5, 60], [70, 0], ps)
-    poisoned = torch.where(mask.expand_as(images) == 0, torch.full_like(images, float("nan")), images)
-    assert torch.equal(net(poisoned, mask), net(images, mask))
-
-
-def test_hole_readout_looks_near_the_hole_and_knows_where_it_is():
-    # a final feature map that is zero except at one corner position: the hole-centred average is
-    # large when the hole is near that corner and small when it is far; the mean read-out cannot tell
-    net = GlobalNet(channels=(4, 4), strides=(2, 1), dim=1, readout="hole")
-    rf = net.receptive_field()
-    feat = torch.zeros(2, 4, 6, 6)
-    feat[:, 0, 0, 0] = 1.0
-    mask = torch.ones(2, 1, 6, 6)
-    corner = rf.start + (rf.size - 1) / 2.0  # centre of the final position (0, 0) in image pixels
-    far = corner + 5 * rf.jump
-    with torch.no_grad():
-        net.fc.weight.zero_()
-        net.fc.bias.zero_()
-        net.fc.weight[0, 4] = 1.0  # channel 0 of the hole-centred average
-        near_far = net.pool_head(feat, mask, torch.tensor([[corner, corner], [far, far]]), (24, 24))[:, 0]
-        assert near_far[0] > 0.3 and near_far[1] < 1e-3
-        net.fc.weight.zero_()
-        net.fc.weight[0, 0] = 1.0  # channel 0 of the plain average: the same for both holes
-        same = net.pool_head(feat, mask, torch.tensor([[corner, corner], [far, far]]), (24, 24))[:, 0]
-        assert torch.equal(same[0], same[1])
-        net.fc.weight.zero_()
-        net.fc.weight[0, 8] = 1.0  # the hole's row, scaled to [-1/2, 1/2]
-        rows = net.pool_head(feat, mask, torch.tensor([[0.0, 3.0], [23.0, 3.0]]), (24, 24))[:, 0]
-        assert torch.allclose(rows, torch.tensor([-0.5, 0.5]))
-    with pytest.raises(MaskError, match="centres"):
-        net.pool_head(feat, mask)
-
-
-def test_global_readout_is_a_later_joint_stage_field():
-    from glance_lite.common.presets import JOINT_STAGE_FIELDS, LATER_FIELDS, same_local_net, training_fields
-
-    cpu = get_preset("cpu")
-    hole = cpu.replace(global_readout="hole")
-    assert "global_readout" not in training_fields(cpu)  # no earlier run is renamed
-    assert training_fields(hole)["global_readout"] == "hole"
-    assert "global_readout" in JOINT_STAGE_FIELDS and LATER_FIELDS["global_readout"] == "mean"
-    assert same_local_net(cpu, hole)  # it shares the Local-Net and the TS baseline
-    with pytest.raises(ValueError, match="global_readout"):
-        cpu.replace(global_readout="centre")
-    with pytest.raises(ValueError, match="readout"):
-        GlobalNet(readout="centre")

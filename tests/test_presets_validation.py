@@ -4,6 +4,7 @@ construction, and ``glance-lite fit --set`` turns that into one line on stderr b
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -36,7 +37,6 @@ BAD = [
     ("lr", {"lr": -1e-4}),
     ("lr", {"lr": math.nan}),
     ("lr", {"lr": math.inf}),
-    ("global_lr", {"global_lr": math.inf}),
     ("weight_decay", {"weight_decay": -1e-5}),
     ("weight_decay", {"weight_decay": math.nan}),
     ("lambda_k", {"lambda_k": -1.0}),
@@ -73,7 +73,7 @@ def test_edge_values_that_make_sense_are_kept():
     p = get_preset("smoke")
     for changes in ({"global_steps": 1, "batch_size": 1}, {"lambda_s": 0.0}, {"lambda_s": 1.0},
                     {"weight_decay": 0.0, "lambda_t": 0.0}, {"image_size": 17}, {"lr": 1}, {"max_train_images": None},
-                    {"global_lr": None}, {"seed": 0}, {"global_channels": (8,), "global_strides": (1,)}):
+                    {"seed": 0}, {"global_channels": (8,), "global_strides": (1,)}):
         assert p.replace(**changes).replace(name="x").name == "x"
 
 
@@ -86,3 +86,94 @@ def test_fit_refuses_negative_steps_in_one_line_before_touching_anything(tmp_pat
     assert len(err.splitlines()) == 1 and "global_steps" in err and "-5" in err, err
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ settings removed from the package
+
+REMOVED_VALUES = {"global_lr": 1e-3, "global_schedule": "cosine", "global_holes": 4, "global_readout": "hole",
+                  "iad_target_smoothing": 3, "dad_negatives": "stain+swap", "calibration_images": 16}
+"""A value other than the former default of each removed field: what the appendix's variants ran."""
+
+
+def test_removed_fields_are_gone_and_read_at_their_former_default():
+    from glance_lite.common.presets import REMOVED_FIELDS, same_preset
+
+    assert set(REMOVED_VALUES) == set(REMOVED_FIELDS)
+    names = {f.name for f in dataclasses.fields(Preset)}
+    assert not names & set(REMOVED_FIELDS)
+    for p in PRESETS.values():
+        old = {**p.to_dict(), **REMOVED_FIELDS}      # a results file written before the removal
+        assert Preset.from_dict(old) == p and same_preset(old, p)
+        assert Preset.from_dict(p.to_dict()) == p
+
+
+@pytest.mark.parametrize("field", sorted(REMOVED_VALUES))
+def test_a_removed_setting_is_refused_in_one_line(field, tmp_path, capsys):
+    from glance_lite.common.fileio import GlanceError
+    from glance_lite.common.presets import same_preset
+
+    p = get_preset("cpu")
+    stored = {**p.to_dict(), field: REMOVED_VALUES[field]}
+    for read in (Preset.from_dict, lambda d: same_preset(d, p)):
+        with pytest.raises(GlanceError) as err:
+            read(stored)
+        msg = str(err.value)
+        assert "\n" not in msg and f"preset field {field}=" in msg
+        assert "removed from the package" in msg and 'appendix "Settings we tried"' in msg and "commit" in msg
+    # a --preset-file holding it: one line on stderr, non-zero exit, before touching anything
+    f = tmp_path / "preset.json"
+    f.write_text(json.dumps(stored))
+    rc = main(["reproduce", "--preset-file", str(f), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1 and field in err and "removed" in err, err
+    assert not (tmp_path / "out").exists()
+    # --set FIELD=...: the same
+    rc = main(["fit", "--data", str(tmp_path / "no-data"), "--category", "widget", "--out", str(tmp_path / "run"),
+               "--preset", "smoke", "--quiet", "--set", f"{field}={REMOVED_VALUES[field]}"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1 and field in err and "removed from the package" in err, err
+
+
+def test_a_removed_field_at_its_former_default_reads_from_a_preset_file(tmp_path):
+    from glance_lite.cli import _preset_from_file
+    from glance_lite.common.presets import REMOVED_FIELDS
+
+    f = tmp_path / "preset.json"
+    f.write_text(json.dumps({**get_preset("cpu").to_dict(), **REMOVED_FIELDS}))
+    assert _preset_from_file(str(f)) == get_preset("cpu")
+
+
+# Run keys of today's presets, recorded before the removal: a key hashes the removed fields back in at their
+# former defaults, so that no run folder (and no validation row) was renamed.  (A new shipped Local-Net would
+# change the validation keys of presets with pretrained="shipped" on purpose: see validation.run_key.)
+VALIDATION_KEYS = {  # validation.run_key(preset, teacher, "fixed-data-id")
+    ("smoke", "auto"): "7d0b5a60", ("smoke", "efficientnet_lite0"): "e0b915f1", ("smoke", "resnet18"): "e485baaf",
+    ("cpu", "auto"): "4e9829f4", ("cpu", "efficientnet_lite0"): "f0635caa", ("cpu", "resnet18"): "eb40dc25",
+    ("paper", "auto"): "15eca240", ("paper", "efficientnet_lite0"): "48857453", ("paper", "resnet18"): "82a725a6",
+}
+ONE_CLASS_KEYS = {"smoke": "60787fa0", "cpu": "036245ea", "paper": "8bc0b5b1"}
+PRETRAIN_KEYS = {"smoke": "b11ff909", "cpu": "ed31b0f6", "paper": "0ce4655e"}
+
+
+def test_run_keys_did_not_change_when_fields_were_removed():
+    from glance_lite.common.fileio import short_hash
+    from glance_lite.common.presets import REMOVED_FIELDS, keyed_training_fields, training_fields
+    from glance_lite.experiments import one_class, validation
+    from glance_lite.train.training import pretrain_key
+
+    for (name, teacher), key in VALIDATION_KEYS.items():
+        assert validation.run_key(get_preset(name), teacher, "fixed-data-id") == key, (name, teacher)
+    for name, key in ONE_CLASS_KEYS.items():
+        p = get_preset(name)
+        assert one_class.run_key(p, one_class.one_class_settings(p)) == key, name
+        # how: the whole preset as it was, the removed fields at their former defaults
+        assert short_hash({"preset": {**p.to_dict(), **REMOVED_FIELDS},
+                           "settings": one_class.one_class_settings(p).to_dict()}) == key
+    for name, key in PRETRAIN_KEYS.items():
+        assert pretrain_key(get_preset(name)) == key, name
+    # the training fields carried global_holes = 1; the other removed fields were left out at their default
+    cpu = get_preset("cpu")
+    assert keyed_training_fields(cpu) == {**training_fields(cpu), "global_holes": 1}
+    # a scoring field changes no validation key; a training field does
+    assert validation.run_key(cpu.replace(score_norm="zscore"), "auto", "d") == validation.run_key(cpu, "auto", "d")
+    assert validation.run_key(cpu.replace(global_steps=1000), "auto", "d") != validation.run_key(cpu, "auto", "d")

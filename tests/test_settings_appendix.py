@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from glance_lite.common.presets import PRESETS, Preset
+from glance_lite.common.presets import PRESETS, REMOVED_FIELDS, Preset, removed_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "glance_lite" / "results"
@@ -47,7 +47,11 @@ def _run(path: Path, ids: tuple[str, ...] = ()) -> dict:
 
 
 def _fields(v: dict) -> dict:
-    f = Preset.from_dict(v["preset_fields"]).to_dict()
+    """A file's preset fields as today's package reads them, with a setting since removed from the package as
+    the file has it (else at its former default)."""
+    stored = v["preset_fields"]
+    kept = Preset.from_dict({k: x for k, x in stored.items() if k not in REMOVED_FIELDS}).to_dict()
+    f = {**REMOVED_FIELDS, **kept, **{k: x for k, x in stored.items() if k in REMOVED_FIELDS}}
     f.pop("name")
     return f
 
@@ -57,7 +61,7 @@ def test_appendix_has_every_validation_file_once():
     settings, seeds = ns["settings"], ns["seeds"]
     listed = list(settings.index) + list(seeds.index)
     assert sorted(listed) == _variants(), "every validation folder appears exactly once"
-    cpu = PRESETS["cpu"].to_dict()
+    cpu = {**REMOVED_FIELDS, **PRESETS["cpu"].to_dict()}
     cpu.pop("name")
     for name in listed:
         v = json.loads((RESULTS / "validation" / name / "validation.json").read_text())
@@ -67,6 +71,26 @@ def test_appendix_has_every_validation_file_once():
         if name in settings.index and _fields(v) != cpu:
             assert settings.loc[name, "decision"] == "not adopted", name
     assert set(seeds.index) == set(ns["repeats"]), "the second table is the seed repeats"
+
+
+def test_appendix_describes_the_settings_that_left_the_package():
+    # a file that used a setting since removed from the package names it (in words and as the option it was
+    # run with) and is not adopted; a file that has a removed field at its former default shows no change there
+    ns = _run(APPENDIX)
+    settings = ns["settings"]
+    used = 0
+    for name in settings.index:
+        v = json.loads((RESULTS / "validation" / name / "validation.json").read_text())
+        gone = removed_settings(v["preset_fields"])
+        used += bool(gone)
+        words, opts = settings.loc[name, "what it changes"], settings.loc[name, "re-run with"]
+        for k in REMOVED_FIELDS:
+            assert (f"--set {k}=" in opts) == (k in gone), (name, k)
+            if k in gone:
+                assert ns["WORDS"][k](gone[k]) in words, (name, k)
+        if gone:
+            assert settings.loc[name, "decision"] == "not adopted", name
+    assert used >= 5, "the files of cpu-swap, cpu-cos1e3, cpu-hole, cpu-smooth3 and cpu-calib16-* are listed"
 
 
 def test_appendix_commits_are_those_of_the_files():

@@ -19,10 +19,9 @@ same ``fit``; this module lets the training stages share the work of every step:
   rank every function here is the identity, so the single-process code path is the same code.
 
 *Deviation from the usual recipe:* we sum gradients ourselves instead of wrapping the networks in
-``DistributedDataParallel``.  DDP synchronises through hooks armed by the wrapper's ``forward``; our
-joint stage calls the Global-Net's layers directly (the exact incremental Global-Net of
-:mod:`glance_lite.models.fast_features`), which DDP would not see.  The arithmetic is DDP's (an all-reduce
-of the gradients before the step); with no buckets and no overlap it is slower on many GPUs, which
+``DistributedDataParallel``: one plain all-reduce of the gradients before the step, shared by every
+stage (the Local-Net's, the joint stage's and the TS students'), with no wrapper around the networks
+and no hooks.  The arithmetic is DDP's; with no buckets and no overlap it is slower on many GPUs, which
 does not matter at these model sizes.
 
 **Who writes.**  Only rank 0 writes checkpoints, caches, run folders and logs (:func:`on_main`,

@@ -8,7 +8,7 @@ patch", which a local model such as TS measures as well.  Where the context pins
 patch that is normal in itself but wrong for its place stands out to the IAD head alone.
 
 Over every raster-grid patch ``(i, p)`` (image ``i``, grid position ``p``) of a set of images, with
-``T`` the IAD target (``Z_l`` itself at the shipped settings):
+``T = Z_l`` the IAD target:
 
     R²_context  = 1 - Σ ||r_ip - r̄||² / Σ ||T_ip - T̄||²,      r_ip = T_ip - Z_g,ip
     R²_position = 1 - Σ ||T_ip - T̄_p^(-i)||² / Σ ||T_ip - T̄||²
@@ -104,8 +104,8 @@ def context_r2(model: nn.Module, images: Tensor, masks: Tensor | None = None, st
     p = model.preset.patch_size
     tops, lefts, pairs = patch_feature_pairs(model, images, stride=stride, progress=progress)
     ts, gs = [], []
-    for z_t, z_g in pairs:
-        ts.append(z_t.double().cpu())
+    for z_l, z_g in pairs:
+        ts.append(z_l.double().cpu())
         gs.append(z_g.double().cpu())
     keep = None if masks is None else clean_patch_mask(masks, tops, lefts, p)
     return context_r2_from_features(torch.stack(ts), torch.stack(gs), keep)
@@ -134,11 +134,7 @@ def context_r2_of_run(run: str | Path, data_root: str | Path, category: str, max
     out.update(n_images=len(test), patch_size=model.preset.patch_size, image_size=size)
     train = MVTecDataset(cat, "train", size, max_images=model.preset.max_train_images)
     if train_images > 0 and len(train):
-        from ..train.training import calibration_split
-
-        # the joint stage's images only (preset field calibration_images keeps some out of it)
-        joint = calibration_split(len(train), model.preset.calibration_images)[0][:train_images]
-        tr = torch.stack([train[int(i)]["image"] for i in joint])
+        tr = torch.stack([train[i]["image"] for i in range(min(train_images, len(train)))])
         t = context_r2(model, tr, progress=progress)
         out.update(r2_context_train=t["r2_context"], r2_position_train=t["r2_position"], n_train_images=len(tr))
     return out

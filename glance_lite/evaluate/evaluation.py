@@ -220,8 +220,7 @@ IAD_WHITENER = "iad_whitener.pt"
 
 def score_stats(run_dir: str | Path, model: GlanceModel, category: Any = None, progress: bool = False,
                 train_images: Any = None) -> dict[str, Any]:
-    """The run's scoring statistics, fitted on 16 training images spread over the training set (or, with
-    ``preset.calibration_images``, on the training images the joint stage was not trained on):
+    """The run's scoring statistics, fitted on 16 training images spread over the training set:
     the score normaliser (:func:`glance_lite.score.scoring.fit_score_normaliser`) and, when
     ``preset.iad_metric == "mahalanobis"``, the IAD whitener fitted in the same scoring pass
     (:func:`glance_lite.score.scoring.fit_whitened_normaliser`, returned under ``"iad_whitener"``).
@@ -234,7 +233,7 @@ def score_stats(run_dir: str | Path, model: GlanceModel, category: Any = None, p
     """
     from ..score.iad_metric import load_whitener, save_whitener
     from ..score.scoring import fit_score_normaliser, fit_whitened_normaliser
-    from ..train.training import calibration_split, load_train_images, spread_indices
+    from ..train.training import load_train_images, spread_indices
 
     whiten = model.preset.iad_metric == "mahalanobis"
     path = Path(run_dir) / (WHITENED_STATS if whiten else SCORE_STATS)
@@ -258,10 +257,7 @@ def score_stats(run_dir: str | Path, model: GlanceModel, category: Any = None, p
                 raise GlanceError(f"{run_dir}: no {path.name} and no training data to fit it on")
             category = find_category(cfg["data_root"], cfg["category"])
         train_images = load_train_images(category, model.preset)
-    n = len(train_images)
-    # the images the joint stage never saw (preset field calibration_images), else 16 of the training images
-    calib = calibration_split(n, model.preset.calibration_images)[1]
-    pick = calib if len(calib) else spread_indices(n, 16)
+    pick = spread_indices(len(train_images), 16)
     method = model.preset.score_norm if model.preset.score_norm != "none" else "zscore"
     if whiten:  # whitener and statistics from one scoring pass; the whitener is written first
         stats = fit_whitened_normaliser(model, train_images[pick], method=method, progress=progress)

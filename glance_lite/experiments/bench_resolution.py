@@ -55,31 +55,6 @@ def measure(size: int, steps: int = 6, n_images: int = 2, n_cache: int = 8) -> d
             "score_s_per_image": t_score}
 
 
-def _holes(a: argparse.Namespace) -> int:
-    """Seconds per joint step with K holes in each of ``batch_size`` images, and per 32 holes."""
-    from ..models.model import GlanceModel
-    from ..common.presets import get_preset
-    from ..train.training import grid_local_cache, train_global
-
-    size = int(a.sizes.split(",")[0])
-    imgs = torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(1))
-    base = GlanceModel(get_preset("cpu").replace(image_size=size))
-    cache = grid_local_cache(base, imgs, progress=False)
-    rows = []
-    for k in (int(v) for v in a.holes.split(",")):
-        p = get_preset("cpu").replace(image_size=size, global_steps=a.steps, checkpoint_every=10 ** 6, global_holes=k)
-        torch.manual_seed(0)
-        with tempfile.TemporaryDirectory() as d:
-            h = train_global(GlanceModel(p), imgs, d, progress=False, local_cache=cache)
-        rows.append({"holes": k, "s_per_step": h.seconds / a.steps, "s_per_batch_of_holes": h.seconds / a.steps / k})
-    print(f"cpu preset at {size} px, batch {get_preset('cpu').batch_size} images, {torch.get_num_threads()} thread(s)")
-    for r in rows:
-        print(f"K={r['holes']:>2}: {r['s_per_step']:.3f} s/step ({r['s_per_step'] / rows[0]['s_per_step']:.1f}x), "
-              f"{r['s_per_batch_of_holes']:.3f} s per {get_preset('cpu').batch_size} holes "
-              f"({r['s_per_batch_of_holes'] / rows[0]['s_per_batch_of_holes']:.2f}x)")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     from ..common.presets import get_preset, hardware_info
 
@@ -92,12 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", type=int, default=209, help="training images of the category (bottle: 209)")
     ap.add_argument("--test", type=int, default=83, help="test images of the category (bottle: 83)")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--holes", default=None, help="instead: time a joint step with K holes per image, e.g. 1,4,8")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.holes:
-        return _holes(a)
     cpu = get_preset("cpu")
     rows = [measure(int(s), a.steps, a.images) for s in a.sizes.split(",")]
     base = rows[0]

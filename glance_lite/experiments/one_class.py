@@ -77,7 +77,7 @@ from ..common.fileio import (DatasetError, GlanceError, atomic_write, atomic_wri
 from ..models.global_net import GlobalNet, hole_mask
 from ..models.heads import DADHead, combined_score, dad_loss, dad_score, iad_score
 from ..models.model import GlanceModel
-from ..common.presets import Preset, describe, hardware_info
+from ..common.presets import Preset, describe, hardware_info, keyed_dict, same_preset
 from ..train.training import LocalTrainer, StageHistory, git_commit, pretrain_local, run_stage, step_generators
 
 __all__ = [
@@ -541,8 +541,9 @@ def train_one_class_global(
 
 def run_key(preset: Preset, settings: OneClassSettings) -> str:
     """Short hash of the preset and settings; names the default Table 3 folder, so that changed
-    settings never meet (and are never refused by) the runs of older ones."""
-    return short_hash({"preset": preset.to_dict(), "settings": settings.to_dict()})
+    settings never meet (and are never refused by) the runs of older ones.  The preset is hashed as
+    :func:`~glance_lite.common.presets.keyed_dict` gives it, so that removing a preset field renamed no run."""
+    return short_hash({"preset": keyed_dict(preset), "settings": settings.to_dict()})
 
 
 def _identity(split: OneClassSplit, dataset: str, preset: Preset, settings: OneClassSettings) -> dict[str, Any]:
@@ -612,7 +613,9 @@ def _fit_split(
     cfg: dict[str, Any] = {}
     if cfg_path.is_file():
         cfg = json.loads(cfg_path.read_text())
-        diff = [k for k, v in ident.items() if cfg.get(k) != v]
+        # a config written before a preset field was removed still describes this preset (same_preset)
+        diff = [k for k, v in ident.items()
+                if (not same_preset(cfg.get(k), preset) if k == "preset" else cfg.get(k) != v)]
         if diff:
             raise GlanceError(f"{out}: holds a one-class run with another {', '.join(diff)}; choose another out_dir")
         if (out / "model.pt").is_file():

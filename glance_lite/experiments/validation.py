@@ -71,7 +71,8 @@ import numpy as np
 from PIL import Image
 
 from ..common.fileio import DatasetError, GlanceError, atomic_write_json, default_mode, short_hash
-from ..common.presets import CHOICES, Preset, get_preset, hardware_info, same_local_net, same_preset, training_fields
+from ..common.presets import (CHOICES, Preset, get_preset, hardware_info, keyed_training_fields, same_local_net,
+                              same_preset)
 
 __all__ = [
     "finished_rows",
@@ -601,8 +602,10 @@ def run_key(preset: Preset, teacher: str, data_id: str) -> str:
     """The key of a validation run folder: a hash of the training fields, the teacher and the data, and,
     when the preset starts from shipped weights other than the first shipped under their name
     (:data:`LEGACY_LOCAL_NETS`), of those weights' SHA-256 -- so that new weights get new runs while
-    the keys of rows written before stay valid."""
-    key_of: dict[str, Any] = {"preset": training_fields(preset), "teacher": teacher, "data": data_id}
+    the keys of rows written before stay valid.  The training fields are hashed as
+    :func:`~glance_lite.common.presets.keyed_training_fields` gives them, so that removing a preset field
+    renamed no run."""
+    key_of: dict[str, Any] = {"preset": keyed_training_fields(preset), "teacher": teacher, "data": data_id}
     t_name = preset.teacher if teacher == "auto" else teacher
     names = [t_name] if t_name != "auto" else ["resnet18", "efficientnet_lite0"]  # "auto": whichever loads
     fresh = sorted({i for i in (_shipped_id(preset.to_dict(), n) for n in names)

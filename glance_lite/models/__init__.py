@@ -6,8 +6,7 @@
 * :mod:`.global_net`   -- the Global-Net, which never sees the patch (Eq. 6; chapter 02).
 * :mod:`.heads`        -- the IAD and DAD heads (Eq. 7-9, 11-13; chapter 03).
 * :mod:`.fast_features` -- exact fast Z_l (Eq. 4) and Z_g (Eq. 5-6) of every patch of a grid: the
-  Local-Net slid fully-convolutionally and the exact incremental Global-Net (chapter 04; also the
-  joint training step with many holes per image).
+  Local-Net slid fully-convolutionally and the exact incremental Global-Net (chapter 04).
 * :mod:`.model`        -- Local-Net + Global-Net + DAD head saved and loaded as one run folder.
 * :mod:`.shipped`      -- the distilled Local-Net weights shipped in ``glance_lite/weights/``.
 

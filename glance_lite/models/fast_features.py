@@ -330,14 +330,8 @@ def global_features_incremental(
     lefts: Tensor,
     patch_size: int,
     batch_size: int = 256,
-    differentiable: bool = False,
 ) -> Tensor:
     """Exact Z_g ``(N, dim)`` of one image with each hole ``(tops[k], lefts[k])`` masked out.
-
-    ``differentiable=True`` builds every layer's input by concatenation instead of writing into
-    reused buffers, and applies rescaling, bias and ReLU out of place, so that gradients flow to the
-    Global-Net's weights: the joint training stage uses it to train on many holes per image for
-    little more than one full pass (``preset.global_holes``).  The numbers are the same.
 
     Equal (up to float rounding) to ``global_net(image, hole_mask(...))`` per hole, but only the
     part of each layer that the hole can change is recomputed (see the module docstring).  The
@@ -369,12 +363,6 @@ def global_features_incremental(
         return global_features_batched(global_net, image, tops, lefts, p, batch_size)
     plan = _incremental_plan(global_net, int(h), int(w), p, tops, lefts, int(batch_size), dev)
     feats = [global_net.normalize(image)] + [t[1] for t in trace[1:]]
-    # hole centres for a hole-centred read-out (GlobalNet.readout == "hole"): the centroid of each hole
-    cen = (torch.stack([tops, lefts], dim=1).to(dt) + (p - 1) / 2.0).to(dev)
-    cen_b = [cen[a : a + int(batch_size)] for a in range(0, len(tops), int(batch_size))]
-    if differentiable:
-        return torch.cat([_run_plan_autograd(global_net, steps, feats, *batch, centres=cb, image_hw=(int(h), int(w)))
-                          for batch, cb in zip(plan, cen_b)])
     bmax = max(levels[0].shape[0] for levels, _, _ in plan)
     bufs = []  # per step: the padded unmasked input (channels-last rows), then room for a batch of crops
     for li, (st, f) in enumerate(zip(steps, feats)):
@@ -390,7 +378,7 @@ def global_features_incremental(
     fbuf = torch.empty(fcache.shape[0] + bmax * math.prod(plan[0][0][-1].out_hw), fcache.shape[1], dtype=dt, device=dev)
     fbuf[: fcache.shape[0]] = fcache
     out = []
-    for (levels, fin_idx, fin_mask), cb in zip(plan, cen_b):
+    for levels, fin_idx, fin_mask in plan:
         crop = None
         for li, lv in enumerate(levels):
             buf, n_cache = bufs[li]
@@ -414,31 +402,5 @@ def global_features_incremental(
         b = fin_mask.shape[0]
         fbuf[fcache.shape[0] : fcache.shape[0] + crop.shape[0]] = crop
         full = _gather_cl(fbuf, fin_idx, b, fh, fw)
-        out.append(global_net.pool_head(full, fin_mask.to(dt), cb, (int(h), int(w))))
+        out.append(global_net.pool_head(full, fin_mask.to(dt)))
     return torch.cat(out)
-
-
-def _run_plan_autograd(global_net: nn.Module, steps: Sequence[Any], feats: list[Tensor], levels: list[_Level],
-                       fin_idx: Tensor, fin_mask: Tensor, centres: Tensor | None = None,
-                       image_hw: tuple[int, int] | None = None) -> Tensor:
-    """One batch of holes of :func:`global_features_incremental`, without in-place operations."""
-    crop: Tensor | None = None
-    for li, (st, f, lv) in enumerate(zip(steps, feats, levels)):
-        q = st.padding
-        cache = _flat_cl(torch.nn.functional.pad(f, (q, q, q, q), value=float("-inf") if st.kind == "pool" else 0.0))
-        tail = cache.new_zeros(1, cache.shape[1]) if crop is None else crop  # level 0: the all-zero hole row
-        reg = _gather_cl(torch.cat([cache, tail]), lv.idx, *lv.shape)
-        if lv.kind == "pconv":
-            conv = global_net.convs[lv.index]
-            y = torch.nn.functional.conv2d(reg, conv.weight, None, lv.stride, 0) * lv.ratio.to(reg.dtype)
-            if conv.bias is not None:
-                y = y + conv.bias.view(1, -1, 1, 1)
-            y = torch.relu(y)
-            if lv.valid is not None:
-                y = y * lv.valid.to(reg.dtype)
-        else:
-            y = torch.nn.functional.max_pool2d(reg, lv.kernel, lv.stride)
-        crop = _flat_cl(y)
-    fh, fw = feats[-1].shape[-2:]
-    full = _gather_cl(torch.cat([_flat_cl(feats[-1]), crop]), fin_idx, fin_mask.shape[0], fh, fw)
-    return global_net.pool_head(full, fin_mask.to(full.dtype), centres, image_hw)

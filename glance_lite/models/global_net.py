@@ -20,18 +20,6 @@ public re-implementation of the paper; **ours** = our choice):
 6. masked global average pool over the positions where the final mask is 1 -- ours;
 7. a linear layer to ``dim`` = n = 128, the size of the local feature Z_l -- paper.
 
-**Read-out** (``readout``, preset field ``global_readout``; ours).  With ``"mean"`` (items 6-7, every
-run before the field existed) Z_g is a linear map of the average of the final feature map, and the
-network is never told *where* the hole is: a 33-pixel hole leaves no invalid position at the final
-level, so the place can only be inferred from how the partial convolutions' rescaling marks the
-features near it, and the average then mixes those with every other place.  With ``"hole"`` the linear
-layer sees three things side by side: the same masked average; a *hole-centred* average, the final
-features weighted by ``exp(-d^2 / (2 J^2))`` with ``d`` the distance from the centre of each final
-position's receptive field to the hole centre and ``J`` the total stride; and the hole centre's
-coordinates, scaled to [-1/2, 1/2].  The hole centre is the centroid of the hole of ``M_0`` (for an
-incremental scorer, ``top + (p - 1) / 2``: the same number), so Z_g still depends on the mask only,
-never on a pixel inside the hole.  The paper does not say how its Global-Net reads out Z_g.
-
 Design notes.
 
 * ReLU rather than LeakyReLU: after a partial conv every position whose mask is 0 holds exactly 0,
@@ -74,10 +62,7 @@ from torch import Tensor, nn
 
 from glance_lite.models.partial_conv import MaskError, PartialConv2d, mask_max_pool2d, masked_input
 
-__all__ = ["GlobalNet", "Step", "ReceptiveField", "hole_mask", "hole_centres", "READOUTS"]
-
-READOUTS = ("mean", "hole")
-"""How the Global-Net turns its final feature map into Z_g (preset field ``global_readout``)."""
+__all__ = ["GlobalNet", "Step", "ReceptiveField", "hole_mask"]
 
 
 @dataclass(frozen=True)
@@ -157,20 +142,6 @@ def hole_mask(
     return (~hole).to(torch.float32).unsqueeze(1)
 
 
-def hole_centres(mask: Tensor) -> Tensor:
-    """Centroid ``(B, 2)`` (row, column, in pixels) of the hole (``mask == 0``) of each initial mask
-    ``(B, 1, H, W)``; the image centre where a mask has no hole.  For a ``p x p`` hole at
-    ``(top, left)`` it is ``(top + (p - 1) / 2, left + (p - 1) / 2)`` exactly."""
-    hole = (mask[:, 0] < 0.5).to(torch.float64)  # (B, H, W)
-    h, w = hole.shape[-2:]
-    n = hole.sum(dim=(1, 2))
-    rows = torch.arange(h, dtype=torch.float64, device=mask.device)
-    cols = torch.arange(w, dtype=torch.float64, device=mask.device)
-    cy = torch.where(n > 0, (hole.sum(2) * rows).sum(1) / n.clamp_min(1.0), torch.full_like(n, (h - 1) / 2.0))
-    cx = torch.where(n > 0, (hole.sum(1) * cols).sum(1) / n.clamp_min(1.0), torch.full_like(n, (w - 1) / 2.0))
-    return torch.stack([cy, cx], dim=1).to(torch.float32)
-
-
 class GlobalNet(nn.Module):
     """Global-Net of Eq. 6: ``forward(images (B,3,H,W) in [0,1], mask (B,1,H,W)) -> Z_g (B, dim)``.
 
@@ -179,8 +150,6 @@ class GlobalNet(nn.Module):
         strides: stride of each partial conv (same length as ``channels``).
         dim: size of Z_g.
         in_channels: image channels (3).
-        readout: ``"mean"`` (masked global average, then linear) or ``"hole"`` (that average, a
-            hole-centred average and the hole's coordinates, then linear; see the module docstring).
 
     Public structure, for exact incremental evaluation by a scorer:
     ``convs`` (``nn.ModuleList`` of :class:`PartialConv2d`), ``pool_after`` (index of the conv the
@@ -198,12 +167,8 @@ class GlobalNet(nn.Module):
         strides: Sequence[int] = (2, 1, 2, 1, 2, 1, 2),
         dim: int = 128,
         in_channels: int = 3,
-        readout: str = "mean",
     ) -> None:
         super().__init__()
-        if readout not in READOUTS:
-            raise ValueError(f"GlobalNet: readout={readout!r}, choose one of {READOUTS}")
-        self.readout = readout
         channels = tuple(int(c) for c in channels)
         strides = tuple(int(s) for s in strides)
         if len(channels) == 0 or len(channels) != len(strides):
@@ -228,8 +193,7 @@ class GlobalNet(nn.Module):
         self.pool_stride = 2
         self.pool_padding = 1
         self.act = nn.ReLU()
-        # "hole": the masked average, the hole-centred average (C each) and the hole's (row, column)
-        self.fc = nn.Linear(channels[-1] + (channels[-1] + 2 if readout == "hole" else 0), self.dim)
+        self.fc = nn.Linear(channels[-1], self.dim)
         self.reset_parameters()
 
     @classmethod
@@ -239,7 +203,6 @@ class GlobalNet(nn.Module):
             channels=tuple(preset.global_channels),
             strides=tuple(preset.global_strides),
             dim=int(preset.descriptor_dim),
-            readout=preset.global_readout,
         )
 
     def reset_parameters(self) -> None:
@@ -356,51 +319,23 @@ class GlobalNet(nn.Module):
             out.append((st.name, mask))
         return out
 
-    def pool_head(self, feat: Tensor, mask: Tensor, centres: Tensor | None = None,
-                  image_hw: tuple[int, int] | None = None) -> Tensor:
-        """The read-out: final feature map ``(B, C, h, w)`` and mask ``(B, 1, h, w)`` to Z_g ``(B, dim)``.
-
-        ``"mean"``: masked global average pool over positions with ``mask == 1``, then the linear
-        layer; a sample with no valid position (a hole covering the whole image) falls back to the
-        plain mean.  ``"hole"`` also needs the hole ``centres`` ``(B, 2)`` (row, column, in image
-        pixels) and the image's ``(H, W)``: see the module docstring.
-        """
+    def pool_head(self, feat: Tensor, mask: Tensor) -> Tensor:
+        """Final feature map ``(B, C, h, w)`` and mask ``(B, 1, h, w)`` to Z_g ``(B, dim)``: masked global
+        average pool over positions with ``mask == 1``, then the linear layer.  A sample with no valid
+        position (a hole covering the whole image) falls back to the plain mean."""
         if mask.shape[0] != feat.shape[0]:
             mask = mask.expand(feat.shape[0], *mask.shape[1:])
         m = mask.to(feat.dtype)
         count = m.sum(dim=(2, 3))  # (B, 1)
         total = masked_input(feat, m).sum(dim=(2, 3))  # (B, C)
         pooled = torch.where(count > 0, total / count.clamp_min(1.0), feat.mean(dim=(2, 3)))
-        if self.readout == "mean":
-            return self.fc(pooled)
-        if centres is None or image_hw is None:
-            raise MaskError("GlobalNet(readout='hole').pool_head needs the hole centres and the image size")
-        c = torch.as_tensor(centres, dtype=feat.dtype, device=feat.device).reshape(-1, 2)
-        if c.shape[0] == 1 and feat.shape[0] != 1:
-            c = c.expand(feat.shape[0], 2)
-        if c.shape[0] != feat.shape[0]:
-            raise MaskError(f"pool_head: {c.shape[0]} hole centres for {feat.shape[0]} feature maps")
-        rf = self.receptive_field()
-        h, w = feat.shape[-2:]
-        mid = rf.start + (rf.size - 1) / 2.0
-        ys = torch.arange(h, dtype=feat.dtype, device=feat.device) * rf.jump + mid
-        xs = torch.arange(w, dtype=feat.dtype, device=feat.device) * rf.jump + mid
-        d2 = (ys[None, :, None] - c[:, 0, None, None]) ** 2 + (xs[None, None, :] - c[:, 1, None, None]) ** 2
-        wgt = torch.exp(-d2 / (2.0 * float(rf.jump) ** 2)).unsqueeze(1) * m  # (B, 1, h, w)
-        near = (masked_input(feat, m) * wgt).sum(dim=(2, 3)) / wgt.sum(dim=(2, 3)).clamp_min(1e-12)
-        hh, ww = float(image_hw[0]), float(image_hw[1])
-        where = torch.stack([c[:, 0] / max(hh - 1.0, 1.0), c[:, 1] / max(ww - 1.0, 1.0)], dim=1) - 0.5
-        return self.fc(torch.cat([pooled, near, where], dim=1))
+        return self.fc(pooled)
 
     def forward(self, images: Tensor, mask: Tensor) -> Tensor:
         """``Z_g = G(I, M_0)`` (Eq. 6): ``(B, dim)``; bit-for-bit independent of hole pixels."""
-        feat, m = self.forward_features(images, mask)
-        if self.readout == "mean":
-            return self.pool_head(feat, m)
-        m0 = self._check(images, mask)
-        return self.pool_head(feat, m, hole_centres(m0), tuple(images.shape[-2:]))
+        return self.pool_head(*self.forward_features(images, mask))
 
     def extra_repr(self) -> str:
         rf = self.receptive_field()
-        return f"receptive_field={rf.size}, total_stride={rf.jump}, dim={self.dim}, readout={self.readout!r}"
+        return f"receptive_field={rf.size}, total_stride={rf.jump}, dim={self.dim}"
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["iad_score", "iad_target", "DADHead", "dad_loss", "dad_score", "combined_score"]
+__all__ = ["iad_score", "DADHead", "dad_loss", "dad_score", "combined_score"]
 
 
 def iad_score(z_l: torch.Tensor, z_g: torch.Tensor) -> torch.Tensor:
@@ -30,23 +30,6 @@ def iad_score(z_l: torch.Tensor, z_g: torch.Tensor) -> torch.Tensor:
     if z_l.shape != z_g.shape:
         raise ValueError(f"Z_l {tuple(z_l.shape)} and Z_g {tuple(z_g.shape)} differ in shape")
     return (z_l - z_g).pow(2).mean(dim=1)
-
-
-def iad_target(z_grid: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """What the Global-Net must predict at each grid patch: the Local-Net features ``(B, n, gh, gw)``
-    of a raster grid averaged over the ``k x k`` neighbouring grid patches (``k = 1``: Z_l itself, Eq. 7
-    and 11; preset field ``iad_target_smoothing``).  At the border only the patches that exist count.
-
-    Deviation (ours): with ``k = 3`` on the stride-4 grid the target is the mean descriptor of the
-    patches shifted by up to 4 pixels, which keeps what a defect does to all of them and averages out
-    detail that changes with a shift of a few pixels (the phase of a fine texture), detail that no
-    context can predict.  The DAD head still sees Z_l of the patch itself."""
-    k = int(k)
-    if k < 1 or k % 2 == 0:
-        raise ValueError(f"iad_target: the neighbourhood must be odd and positive, got {k}")
-    if k == 1:
-        return z_grid
-    return F.avg_pool2d(z_grid, k, stride=1, padding=k // 2, count_include_pad=False)
 
 
 class DADHead(nn.Module):

@@ -28,7 +28,7 @@ import numpy as np
 
 from .paper_tables import (MVTEC_CATEGORIES, TABLE1_PRO, TABLE2_PIXEL_AUROC, TABLE4_LAMBDA_PRO,
                            TEXTURES, category_key)
-from ..common.presets import LATER_FIELDS, PRESETS
+from ..common.presets import LATER_FIELDS, PRESETS, REMOVED_FIELDS, removed_settings
 from ..baselines.controls import converged_ts as _is_converged, strongest
 from ..experiments.reproduce import load_patchcore, pro_by_lambda
 from ..experiments.validation import (CONTROLS_VERSION, LEGACY_LOCAL_NETS, finished_rows, local_net_id, same_weights,
@@ -297,12 +297,14 @@ def seed_repeats(val: dict[str, dict[str, Any]]) -> dict[str, str]:
     settings fitted again with other random numbers.  The base is the variant of the lowest seed.
     Repeats measure noise, not a lever, so the lever tables leave them out and
     :func:`validation_seeds` shows them.  A field of :data:`~glance_lite.common.presets.LATER_FIELDS` at its
-    old value counts as absent, so a file written before that field existed still groups with a newer one.
+    old value counts as absent, so a file written before that field existed still groups with a newer one,
+    and so does a field of :data:`~glance_lite.common.presets.REMOVED_FIELDS` at its former default.
     Only another seed makes a repeat: a variant with the same settings and seed as the base (the same fits
     under another name) stays a variant of its own."""
     def key(v: dict[str, Any]) -> str:
+        absent = {**LATER_FIELDS, **REMOVED_FIELDS}
         return repr((sorted((k, repr(x)) for k, x in v["preset_fields"].items() if k not in ("seed", "name")
-                            and not (k in LATER_FIELDS and x == LATER_FIELDS[k])),
+                            and not (k in absent and x == absent[k])),
                      local_net_id(v)))
 
     groups: dict[str, list[str]] = {}
@@ -504,47 +506,23 @@ def _stride(f: dict[str, Any]) -> str:
     return "" if st == PRESETS["cpu"].score_stride else f", stride {st}"
 
 
-def _joint_lr(f: dict[str, Any]) -> str:
-    """", lr 0.001 cosine" when a variant's joint stage has its own learning rate or schedule; else ""."""
-    lr, sched = f.get("global_lr"), f.get("global_schedule", "constant")
-    if lr is None and sched == "constant":
-        return ""
-    return f", lr {f['lr'] if lr is None else lr:g} {sched}"
-
-
 def _finetune(f: dict[str, Any]) -> str:
     """", fine-tuned 1200 steps" when a variant fine-tunes its Local-Net longer or shorter than ``cpu``; else ""."""
     n = f.get("finetune_steps", PRESETS["cpu"].finetune_steps)
     return "" if n == PRESETS["cpu"].finetune_steps else f", fine-tuned {n} steps"
 
 
-def _readout(f: dict[str, Any]) -> str:
-    """", hole read-out" when a variant's Global-Net reads Z_g out around the hole (preset field
-    ``global_readout``); else ""."""
-    r = f.get("global_readout", LATER_FIELDS["global_readout"])
-    return "" if r == LATER_FIELDS["global_readout"] else f", {r} read-out"
+def _removed(f: dict[str, Any]) -> str:
+    """", global_readout = hole" for each setting a variant used that has since left the package
+    (:func:`glance_lite.common.presets.removed_settings`); else ""."""
+    return "".join(f", {k} = {v}" for k, v in removed_settings(f).items())
 
 
-def _target(f: dict[str, Any]) -> str:
-    """", 3×3 target" when a variant's IAD compares Z_g with Z_l smoothed over neighbouring grid patches
-    (preset field ``iad_target_smoothing``); else ""."""
-    k = int(f.get("iad_target_smoothing", LATER_FIELDS["iad_target_smoothing"]))
-    return "" if k == LATER_FIELDS["iad_target_smoothing"] else f", {k}×{k} target"
-
-
-def _calibration(f: dict[str, Any]) -> str:
-    """", 16 images kept for the statistics" when a variant keeps training images out of the joint stage to
-    fit the scoring statistics on (preset field ``calibration_images``); else ""."""
-    k = int(f.get("calibration_images", LATER_FIELDS["calibration_images"]))
-    return "" if k == LATER_FIELDS["calibration_images"] else f", {k} images kept for the statistics"
-
-
-def _negatives(f: dict[str, Any]) -> str:
-    """The DAD negatives of a variant: ``stain``, ``stain+swap``, with " (≥ 0.03 p)" when its stains
-    can be smaller than the default (preset field ``stain_min_axis``)."""
-    neg, default = f.get("dad_negatives", "stain"), LATER_FIELDS["stain_min_axis"]
-    lo = f.get("stain_min_axis", default)
-    return neg if lo == default else f"{neg} (≥ {lo:g} p)"
+def _stains(f: dict[str, Any]) -> str:
+    """", stains ≥ 0.03 p" when a variant's DAD stains can be smaller than the default (preset field
+    ``stain_min_axis``); else ""."""
+    lo, default = f.get("stain_min_axis", LATER_FIELDS["stain_min_axis"]), LATER_FIELDS["stain_min_axis"]
+    return "" if lo == default else f", stains ≥ {lo:g} p"
 
 
 def _controls_means(v: dict[str, Any], val: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -586,10 +564,9 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
         if weights and ln not in shipped_ids:  # fitted from weights that were never shipped (GLANCE_WEIGHTS)
             kind = "candidate"
         out.append({"variant": name, "image, Local-Net": f"{f['image_size']} px, {kind} p{patch}{weights}{_finetune(f)}",
-                    "joint steps × holes, DAD negatives": f"{f['global_steps']} × {f.get('global_holes', 1)}, "
-                                                          f"{_negatives(f)}{_joint_lr(f)}{_readout(f)}{_calibration(f)}",
+                    "joint stage": f"{f['global_steps']} steps{_stains(f)}{_removed(f)}",
                     "IAD, λ_s": f"{'whitened' if f.get('iad_metric') == 'mahalanobis' else 'Eq. 11'}, {f.get('lambda_s'):g}"
-                                f"{_stride(f)}{_target(f)}",
+                                f"{_stride(f)}",
                     "sources": m["n_sources"], "AU-PRO": m["AU-PRO"], **_controls_means(v, val),
                     "IAD alone": m.get("iad_only_AU-PRO"), "DAD alone": m.get("dad_only_AU-PRO")})
     if not out:
@@ -673,6 +650,8 @@ def local_nets_against_validation(nets: Sequence[dict[str, Any]], val: dict[str,
 
     def variant_of(sha: str, teacher: str) -> tuple[str | None, dict[str, Any] | None]:
         for name, v in sorted(val.items()):
+            if removed_settings(v.get("preset_fields", {})):  # a setting that has left the package: not cpu's
+                continue
             # a field added after a file was written is read with its default, which is how that file ran
             f = {k: x for k, x in Preset.from_dict(v.get("preset_fields", {})).to_dict().items()
                  if k not in ("name", "seed")}

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..models.fast_features import _pairs, global_features_batched, global_features_incremental, local_features_at
-from ..models.heads import combined_score, dad_score, iad_score, iad_target
+from ..models.heads import combined_score, dad_score, iad_score
 from ..common.devices import module_device
 from .iad_metric import IADWhitener, fit_iad_whitener, iad_scores, residual_scores
 from .idw import ScoringError, clear_idw_cache, idw_interpolate, idw_weights
@@ -144,10 +144,9 @@ def _grid_for(model: nn.Module, images: Tensor, stride: int | None) -> tuple[Ten
 
 
 def _patch_features(model: nn.Module, images: Tensor, stride: int | None, batch_size: int, method: str,
-                    progress: bool) -> tuple[Tensor, Tensor, Iterator[tuple[Tensor, Tensor, Tensor]]]:
-    """``(tops, lefts, features)``: the raster grid, and per image ``(Z_l, Z_g, T)``, each ``(gh*gw, n)``,
-    of every grid patch (no Python loop over patches); ``T`` is what the IAD compares Z_g with, Z_l
-    itself unless ``preset.iad_target_smoothing > 1`` (:func:`glance_lite.models.heads.iad_target`)."""
+                    progress: bool) -> tuple[Tensor, Tensor, Iterator[tuple[Tensor, Tensor]]]:
+    """``(tops, lefts, features)``: the raster grid, and per image ``(Z_l, Z_g)``, each ``(gh*gw, n)``,
+    of every grid patch (no Python loop over patches)."""
     if method not in ("incremental", "batched"):
         raise ScoringError(f"method must be 'incremental' or 'batched', got {method!r}")
     p = model.preset.patch_size
@@ -157,29 +156,24 @@ def _patch_features(model: nn.Module, images: Tensor, stride: int | None, batch_
     ty, lx = _pairs(tops, lefts)
     dev = module_device(model)
     glob = global_features_incremental if method == "incremental" else global_features_batched
-    k = model.preset.iad_target_smoothing
 
-    def features() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def features() -> Iterator[tuple[Tensor, Tensor]]:
         with _inference(model):
             for i in tqdm(range(images.shape[0]), desc="score maps", disable=not progress, leave=False):
                 img = images[i : i + 1].to(dev)
-                grid = local_features_at(model.local_net, img, tops, lefts)
-                z_l = grid[0].permute(1, 2, 0).reshape(gh * gw, -1)
-                z_t = z_l if k == 1 else iad_target(grid, k)[0].permute(1, 2, 0).reshape(gh * gw, -1)
+                z_l = local_features_at(model.local_net, img, tops, lefts)[0].permute(1, 2, 0).reshape(gh * gw, -1)
                 z_g = glob(model.global_net, img, ty, lx, p, batch_size=batch_size)
-                yield z_l, z_g, z_t
+                yield z_l, z_g
 
     return tops, lefts, features()
 
 
 def patch_feature_pairs(model: nn.Module, images: Tensor, stride: int | None = None, batch_size: int = 256,
                         progress: bool = False) -> tuple[Tensor, Tensor, Iterator[tuple[Tensor, Tensor]]]:
-    """``(tops, lefts, pairs)``: the raster grid, and per image ``(T, Z_g)``, each ``(gh*gw, n)`` in row-major
-    grid order: what Eq. 11 compares, the IAD target ``T`` (Z_l itself unless
-    ``preset.iad_target_smoothing > 1``) and the Global-Net's prediction of it from the context
+    """``(tops, lefts, pairs)``: the raster grid, and per image ``(Z_l, Z_g)``, each ``(gh*gw, n)`` in row-major
+    grid order: what Eq. 11 compares, Z_l and the Global-Net's prediction of it from the context
     (incremental Global-Net).  For diagnostics such as :mod:`glance_lite.evaluate.context`."""
-    tops, lefts, features = _patch_features(model, images, stride, batch_size, "incremental", progress)
-    return tops, lefts, ((z_t, z_g) for _, z_g, z_t in features)
+    return _patch_features(model, images, stride, batch_size, "incremental", progress)
 
 
 def score_patches(
@@ -211,8 +205,8 @@ def score_patches(
     shape = (len(tops), len(lefts))
     s_iad, s_dad = [], []
     with torch.no_grad():
-        for z_l, z_g, z_t in features:
-            s_iad.append(iad_scores(z_t, z_g, whitener).reshape(shape).cpu())
+        for z_l, z_g in features:
+            s_iad.append(iad_scores(z_l, z_g, whitener).reshape(shape).cpu())
             s_dad.append(dad_score(model.dad, z_l, z_g).reshape(shape).cpu())
     return {"s_iad": torch.stack(s_iad), "s_dad": torch.stack(s_dad), "tops": tops, "lefts": lefts}
 
@@ -224,18 +218,17 @@ def _residuals_and_dad(model: nn.Module, images: Tensor, stride: int | None, pro
     shape = (len(tops), len(lefts))
     res, dad = [], []
     with torch.no_grad():
-        for z_l, z_g, z_t in features:
-            res.append((z_t - z_g).reshape(*shape, -1).float().cpu())
+        for z_l, z_g in features:
+            res.append((z_l - z_g).reshape(*shape, -1).float().cpu())
             dad.append(dad_score(model.dad, z_l, z_g).reshape(shape).cpu())
     return torch.stack(res), torch.stack(dad)
 
 
 def patch_residuals(model: nn.Module, images: Tensor, stride: int | None = None, batch_size: int = 256,
                     progress: bool = False) -> Tensor:
-    """The residuals ``Z_l - Z_g`` of every grid patch, ``(B, gh, gw, n)`` on the CPU (what Eq. 11 measures;
-    with ``preset.iad_target_smoothing > 1``, the smoothed target minus Z_g)."""
+    """The residuals ``Z_l - Z_g`` of every grid patch, ``(B, gh, gw, n)`` on the CPU (what Eq. 11 measures)."""
     tops, lefts, features = _patch_features(model, images, stride, batch_size, "incremental", progress)
-    return torch.stack([(z_t - z_g).reshape(len(tops), len(lefts), -1).float().cpu() for _, z_g, z_t in features])
+    return torch.stack([(z_l - z_g).reshape(len(tops), len(lefts), -1).float().cpu() for z_l, z_g in features])
 
 
 def fit_score_whitener(model: nn.Module, train_images: Tensor, stride: int | None = None,
@@ -260,10 +253,6 @@ def score_patches_loop(
     Returns the same dict as :func:`score_patches` plus ``n_done`` (patches computed per image).
     """
     from ..models.global_net import hole_mask
-
-    if model.preset.iad_target_smoothing != 1:
-        raise ScoringError("score_patches_loop is the per-patch reference of Eq. 11 with Z_l itself; this model's "
-                           "IAD compares a smoothed target (iad_target_smoothing > 1): use score_patches")
 
     p = model.preset.patch_size
     images = _check_images(images, p)

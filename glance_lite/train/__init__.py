@@ -2,12 +2,10 @@
 
 * :mod:`.training` -- Local-Net distillation and fine-tuning (Eq. 1-4), then the joint Global-Net + DAD
   training (Eq. 10); ``fit`` writes a run folder.
-* :mod:`.schedule` -- the learning-rate schedule (warm-up, cosine decay) of the distillation and,
-  when the preset asks for it, of the joint stage.
+* :mod:`.schedule` -- the learning-rate schedule (warm-up, cosine decay) of the distillation.
 * :mod:`.distil`   -- the long Local-Net distillation that ships with the package (``glance-lite
   pretrain``; chapter 01).
 
 One-way flow: common -> data -> models -> **train** -> score -> ...; imports only from the stages
-before it (with K > 1 holes per image the joint step takes Z_g from the models stage's exact
-incremental Global-Net, :func:`glance_lite.models.fast_features.global_features_incremental`).
+before it.
 """

@@ -1,17 +1,16 @@
-"""Learning-rate schedules of the training stages (chapters 01 and 03).
+"""The learning-rate schedule of the long Local-Net distillation (``glance-lite pretrain``, :mod:`.distil`;
+chapter 01).
 
-One schedule serves both places that use one: the long Local-Net distillation (``glance-lite
-pretrain``, :mod:`.distil`) and, when the preset asks for it (``global_schedule = "cosine"``), the
-joint Global-Net + DAD stage of Eq. 10 (:func:`.training.train_global`).  The paper states no schedule
-(its re-implementation keeps Adam at a constant 1e-4); a linear warm-up followed by a cosine decay is
-ours, and it is a pure function of the step, so a stage resumed from a checkpoint continues exactly.
+The paper states no schedule (its re-implementation keeps Adam at a constant 1e-4, as the joint stage
+of Eq. 10 does here); a linear warm-up followed by a cosine decay is ours, and it is a pure function of
+the step, so a distillation resumed from a checkpoint continues exactly.
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["lr_schedule", "warmup_steps"]
+__all__ = ["lr_schedule"]
 
 
 def lr_schedule(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -20,8 +19,3 @@ def lr_schedule(step: int, steps: int, lr: float, warmup: int) -> float:
         return lr * (step + 1) / warmup
     t = min(1.0, (step - warmup) / max(1, steps - warmup))
     return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
-
-
-def warmup_steps(steps: int, fraction: float = 0.05) -> int:
-    """The warm-up length the joint stage uses: ``fraction`` of its steps (at least one)."""
-    return max(1, int(round(fraction * steps)))

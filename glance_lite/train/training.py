@@ -39,17 +39,14 @@ from ..common.distributed import (DistContext, DistError, all_reduce_grads, all_
                                   gather_rows, on_main, shard, share_of_mean)
 from ..common.distributed import current as current_dist
 from ..common.fileio import GlanceError, atomic_write_json, load_torch, save_torch, short_hash
-from ..models.fast_features import global_features_incremental
 from ..models.global_net import hole_mask
-from ..models.heads import dad_loss, iad_score, iad_target
+from ..models.heads import dad_loss, iad_score
 from ..models.local_net import Decoder, LocalNet, compactness_loss
 from ..models.model import GlanceModel
 from ..common.presets import Preset, hardware_info, training_fields
 from ..data.stains import add_stain
-from .schedule import lr_schedule, warmup_steps
 
 __all__ = [
-    "calibration_split",
     "spread_indices",
     "StageHistory",
     "run_stage",
@@ -60,7 +57,6 @@ __all__ = [
     "pretrain_local",
     "finetune_local",
     "grid_local_cache",
-    "joint_lr",
     "GlobalBatch",
     "draw_global_batch",
     "global_step",
@@ -503,26 +499,13 @@ def _finished(ckpt: Path, n_steps: int) -> bool:
     return ckpt.is_file() and int(load_torch(ckpt)["step"]) >= n_steps
 
 
-def joint_lr(preset: Preset) -> Callable[[int], float]:
-    """The learning rate of each step of the joint stage: ``global_lr`` (or ``lr``), constant or with
-    the warm-up and cosine decay of :func:`glance_lite.train.schedule.lr_schedule`
-    (``global_schedule``)."""
-    peak = float(preset.lr if preset.global_lr is None else preset.global_lr)
-    if preset.global_schedule == "constant":
-        return lambda step: peak
-    steps = int(preset.global_steps)
-    warm = warmup_steps(steps)
-    return lambda step: lr_schedule(step, steps, peak, warm)
-
-
 @dataclass
 class GlobalBatch:
     """The random draws of one step of the joint stage (:func:`draw_global_batch`), B samples.
 
     ``idx`` is the training image of each sample, ``(gi, gj)`` the grid cell of its hole and ``(tops,
     lefts)`` the hole's top-left pixel.  ``neg`` marks the DAD negatives (label 1 in Eq. 9), each
-    sample with probability 1/2; with ``dad_negatives="stain+swap"`` a share ``swap`` of them takes
-    the Local-Net feature of a normal patch elsewhere (``s_idx, s_gi, s_gj``) instead of a stained copy.
+    sample with probability 1/2, whose Z* is the Local-Net feature of a stained copy of the patch.
     ``rng`` is this step's numpy generator, which draws the stains (:func:`glance_lite.data.stains.add_stain`).
     """
 
@@ -532,49 +515,23 @@ class GlobalBatch:
     tops: torch.Tensor
     lefts: torch.Tensor
     neg: torch.Tensor
-    swap: torch.Tensor
     rng: np.random.Generator
-    s_idx: torch.Tensor | None = None
-    s_gi: torch.Tensor | None = None
-    s_gj: torch.Tensor | None = None
 
 
 def draw_global_batch(preset: Preset, step: int, n_images: int, pos_y: torch.Tensor,
                       pos_x: torch.Tensor) -> GlobalBatch:
-    """Step ``step``'s samples of the joint stage: images, hole positions on the scoring grid
-    ``pos_y x pos_x`` (:func:`grid_local_cache`) and DAD negatives, from :func:`step_generators`.
-
-    ``global_holes = K = 1``: ``batch_size`` samples, each of a random image; ``K > 1``: ``batch_size``
-    images and K holes in each (image-major order).  A pure function of ``(preset, step)`` and the
-    grid, so a resumed run draws what an uninterrupted one would.  Taught in chapter 03
-    (:doc:`/notebooks/03_heads_and_training`).
+    """Step ``step``'s ``batch_size`` samples of the joint stage, each a random image with one hole on
+    the scoring grid ``pos_y x pos_x`` (:func:`grid_local_cache`), and its DAD negatives, from
+    :func:`step_generators`.  A pure function of ``(preset, step)`` and the grid, so a resumed run
+    draws what an uninterrupted one would.  Taught in chapter 03 (:doc:`/notebooks/03_heads_and_training`).
     """
-    p, N, P = preset, int(n_images), preset.patch_size
-    gh, gw = len(pos_y), len(pos_x)
-    K = int(p.global_holes)  # >= 1, checked by the preset
+    p, N, B = preset, int(n_images), preset.batch_size
     g, rng = step_generators(p.seed, "global", step)
-    if K == 1:
-        B = p.batch_size
-        idx = torch.randint(N, (B,), generator=g)
-        gi = torch.randint(gh, (B,), generator=g)
-        gj = torch.randint(gw, (B,), generator=g)
-    else:  # batch_size images, K holes in each (image-major order)
-        B = p.batch_size * K
-        idx = torch.randint(N, (p.batch_size,), generator=g).repeat_interleave(K)
-        gi = torch.randint(gh, (B,), generator=g)
-        gj = torch.randint(gw, (B,), generator=g)
-    tops, lefts = pos_y[gi], pos_x[gj]
+    idx = torch.randint(N, (B,), generator=g)
+    gi = torch.randint(len(pos_y), (B,), generator=g)
+    gj = torch.randint(len(pos_x), (B,), generator=g)
     neg = torch.rand(B, generator=g) < 0.5
-    swap = torch.zeros(B, dtype=torch.bool)
-    s_idx = s_gi = s_gj = None
-    if p.dad_negatives == "stain+swap":  # drawn after the paper's draws, which stay unchanged
-        swap = neg & (torch.rand(B, generator=g) < 0.5)
-        s_idx = torch.randint(N, (B,), generator=g)
-        s_gi = torch.randint(gh, (B,), generator=g)
-        s_gj = torch.randint(gw, (B,), generator=g)
-        near = ((pos_y[s_gi] - tops).abs() < P) & ((pos_x[s_gj] - lefts).abs() < P)
-        s_gi = torch.where(near, (s_gi + gh // 2) % gh, s_gi)  # away from the hole
-    return GlobalBatch(idx, gi, gj, tops, lefts, neg, swap, rng, s_idx, s_gi, s_gj)
+    return GlobalBatch(idx, gi, gj, pos_y[gi], pos_x[gj], neg, rng)
 
 
 def global_step(
@@ -582,7 +539,6 @@ def global_step(
     train_images: torch.Tensor,
     local_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     step: int,
-    target: torch.Tensor | None = None,
     dist: DistContext | None = None,
 ) -> dict[str, torch.Tensor]:
     """One step of the joint stage: the losses of Eq. 7, 9 and 10 on step ``step``'s batch.
@@ -592,8 +548,7 @@ def global_step(
     batch of :func:`draw_global_batch`.  Z_l is looked up in ``local_cache`` (the frozen Local-Net on
     the grid, :func:`grid_local_cache`), Z_g is the Global-Net's feature of the image with the patch
     masked out (Eq. 6), and Z* is Z_l, or for a negative the Local-Net feature of a stained copy of
-    the patch.  ``target`` (default: the cache) is what the Global-Net regresses
-    (:func:`glance_lite.models.heads.iad_target`).
+    the patch.
 
     Returns ``{"loss", "iad", "dad"}``; ``"loss"`` carries the gradient of the Global-Net and the
     DAD head (nothing reaches the Local-Net).  :func:`train_global` calls it once per step; the caller
@@ -606,49 +561,28 @@ def global_step(
     p = model.preset
     ctx = current_dist() if dist is None else dist
     cache, pos_y, pos_x = local_cache
-    if target is None:
-        target = cache
     dev = module_device(model.global_net)
     N, _, H, W = train_images.shape
     P = p.patch_size
-    K = int(p.global_holes)
     b = draw_global_batch(p, step, N, pos_y, pos_x)
-    idx, gi, gj, tops, lefts, neg, swap = b.idx, b.gi, b.gj, b.tops, b.lefts, b.neg, b.swap
-    s_idx, s_gi, s_gj, rng = b.s_idx, b.s_gi, b.s_gj, b.rng
+    idx, gi, gj, tops, lefts, neg = b.idx, b.gi, b.gj, b.tops, b.lefts, b.neg
     B = len(idx)
-    # this rank's samples: a share of the images (with their K holes each) of the global batch
-    im = shard(p.batch_size, ctx)
-    loc = torch.arange(im.start * K, im.stop * K)
+    sh = shard(B, ctx)  # this rank's samples of the global batch
+    loc = torch.arange(sh.start, sh.stop)
     with torch.no_grad():
         z_l = to_device(cache[idx[loc], :, gi[loc], gj[loc]], dev, torch.float32)
-        z_t = z_l if target is cache else to_device(target[idx[loc], :, gi[loc], gj[loc]], dev, torch.float32)
         z_star = z_l.clone()
         neg_loc = neg[loc]
-        stain = neg & ~swap
-        stain_loc = stain[loc]
-        if stain_loc.any():
+        if neg_loc.any():
             # the stains of the whole global batch are drawn (on the CPU, device-free), so that
             # every rank draws what one process would; each rank keeps its own
-            clean = crop_patches(train_images, idx[stain], tops[stain], lefts[stain], P)
-            stained, _ = add_stain(clean, rng, min_axis=p.stain_min_axis)
-            which = (torch.cumsum(stain.long(), 0) - 1)[loc][stain_loc]
-            z_star[stain_loc.to(dev)] = model.local_net(to_device(stained[which], dev)).to(z_star.dtype)
-        swap_loc = swap[loc]
-        if swap_loc.any():  # a normal patch from elsewhere: its cached Local-Net feature
-            sl = loc[swap_loc]
-            z_star[swap_loc.to(dev)] = to_device(cache[s_idx[sl], :, s_gi[sl], s_gj[sl]], dev, z_star.dtype)
-    if K == 1:
-        z_g = model.global_net(to_device(train_images[idx[loc]], dev),
-                               hole_mask((H, W), tops[loc], lefts[loc], P, device=dev))
-    else:
-        imgs = to_device(train_images[idx[loc][::K]], dev)
-        tl, ll = tops[loc], lefts[loc]
-        z_g = torch.cat([
-            global_features_incremental(model.global_net, imgs[a // K : a // K + 1], tl[a : a + K],
-                                        ll[a : a + K], P, batch_size=K, differentiable=True)
-            for a in range(0, len(loc), K)
-        ])
-    l_iad = share_of_mean(iad_score(z_t, z_g), B)
+            clean = crop_patches(train_images, idx[neg], tops[neg], lefts[neg], P)
+            stained, _ = add_stain(clean, b.rng, min_axis=p.stain_min_axis)
+            which = (torch.cumsum(neg.long(), 0) - 1)[loc][neg_loc]
+            z_star[neg_loc.to(dev)] = model.local_net(to_device(stained[which], dev)).to(z_star.dtype)
+    z_g = model.global_net(to_device(train_images[idx[loc]], dev),
+                           hole_mask((H, W), tops[loc], lefts[loc], P, device=dev))
+    l_iad = share_of_mean(iad_score(z_l, z_g), B)
     l_dad = share_of_mean(dad_loss(model.dad, z_star, z_g, neg_loc.float().to(dev), reduction="none"), B)
     return {"loss": l_iad + p.lambda_t * l_dad, "iad": l_iad, "dad": l_dad}
 
@@ -669,15 +603,9 @@ def train_global(
     With probability 1/2 a sample's DAD input Z* is the feature of the patch with a random stain
     (label 1), otherwise Z_l (label 0); see :mod:`glance_lite.models.heads` for the label convention.
 
-    ``preset.global_holes = K > 1``: each step draws ``batch_size`` images and K holes in each
-    (``batch_size * K`` samples, the loss is their mean), and Z_g of the K holes of one image comes
-    from the exact incremental Global-Net
-    (:func:`glance_lite.models.fast_features.global_features_incremental`, differentiable): one full pass
-    per image plus a small window per hole, instead of one full pass per hole.
-
-    Adam's learning rate follows :func:`joint_lr` (``global_lr``, ``global_schedule``).  Each step is
-    one call of :func:`global_step` (its draws: :func:`draw_global_batch`), back-propagated by
-    :func:`run_stage`; chapter 03 writes the same loop out by hand.
+    Adam runs at the preset's constant ``lr``, as the re-implementation does.  Each step is one call of
+    :func:`global_step` (its draws: :func:`draw_global_batch`), back-propagated by :func:`run_stage`;
+    chapter 03 writes the same loop out by hand.
     """
     p = model.preset
     model.freeze_local()
@@ -685,8 +613,7 @@ def train_global(
     dev = module_device(model.global_net)
     train_images = pin(train_images.cpu(), dev)
     params = list(model.global_net.parameters()) + list(model.dad.parameters())
-    lr = joint_lr(p)
-    opt = torch.optim.Adam(params, lr=lr(0), weight_decay=p.weight_decay)
+    opt = torch.optim.Adam(params, lr=p.lr, weight_decay=p.weight_decay)
 
     ckpt = run_dir / "checkpoints" / "global.pt"
     if local_cache is None and not _finished(ckpt, p.global_steps):  # a finished stage needs no features
@@ -694,16 +621,12 @@ def train_global(
     cache, pos_y, pos_x = local_cache if local_cache is not None else (None, None, None)
     if cache is not None:
         cache = pin(cache.cpu(), dev)
-    # what the Global-Net regresses: Z_l, or Z_l averaged over neighbouring grid patches (iad_target)
-    target = cache
-    if cache is not None and p.iad_target_smoothing > 1:
-        target = pin(iad_target(cache.float(), p.iad_target_smoothing).to(cache.dtype), dev)
 
     ctx = current_dist()
     _check_batch(p.batch_size, ctx, "global")
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
-        return global_step(model, train_images, (cache, pos_y, pos_x), step, target=target, dist=ctx)
+        return global_step(model, train_images, (cache, pos_y, pos_x), step, dist=ctx)
 
     return run_stage(
         "global",
@@ -716,7 +639,6 @@ def train_global(
         stop_after=stop_after,
         progress=progress,
         precision=Precision(dev, p.mixed_precision),
-        lr_at=lr,
     )
 
 
@@ -754,19 +676,6 @@ def spread_indices(n: int, k: int) -> torch.Tensor:
     images a run fits its scoring statistics on, :func:`glance_lite.evaluate.evaluation.score_stats`)."""
     k = min(k, n)
     return torch.linspace(0, n - 1, k).round().long().unique() if k > 0 else torch.zeros(0, dtype=torch.long)
-
-
-def calibration_split(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(joint, calibration)``: indices of ``n`` training images for the joint stage, and the ``k``
-    (at most ``n // 4``) kept out of it for the scoring statistics (preset field ``calibration_images``),
-    spread evenly over the sorted file list so that no run of consecutive captures is taken whole.
-    ``k = 0``: every image is for the joint stage and none is kept out."""
-    if n < 1 or k < 0:
-        raise GlanceError(f"calibration_split: needs n >= 1 and k >= 0, got n={n}, k={k}")
-    calib = spread_indices(n, min(k, n // 4))
-    keep = torch.ones(n, dtype=torch.bool)
-    keep[calib] = False
-    return torch.nonzero(keep).flatten(), calib
 
 
 def fit(
@@ -846,8 +755,7 @@ def fit(
     model.global_net = type(model.global_net).from_preset(preset)
     model.dad = type(model.dad)(preset.descriptor_dim, preset.dad_hidden)
     model.to(dev)
-    joint, _ = calibration_split(len(images), preset.calibration_images)
-    h_glob = train_global(model, images[joint], out, progress)
+    h_glob = train_global(model, images, out, progress)
     hist = {h.stage: h.to_dict() for h in (h_pre, h_fine, h_glob)}
     config.update(
         teacher=tname,
