@@ -43,3 +43,21 @@ def test_committed_results_match_the_presets_they_name() -> None:
         if name in PRESETS:
             assert current(v["preset_fields"]) == PRESETS[name].to_dict(), name
         assert all(row["status"] == "ok" for row in v["rows"]), name
+
+
+def test_every_committed_results_file_names_its_commit():
+    """A results file is re-runnable only with the code that wrote it: each JSON under
+    glance_lite/results carries ``git_commit`` (the loss curves ``history.json`` sit beside the
+    ``metrics.json`` that carries it)."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "glance_lite" / "results"
+    missing = []
+    for f in sorted(root.rglob("*.json")):
+        if f.name == "history.json" and (f.parent / "metrics.json").is_file():
+            continue
+        d = json.loads(f.read_text())
+        if isinstance(d, dict) and not d.get("git_commit"):
+            missing.append(str(f.relative_to(root)))
+    assert not missing, f"results files without git_commit: {missing}"
