@@ -134,3 +134,9 @@ def test_grading_a_folder_gives_full_marks_to_a_solved_notebook_and_zero_to_an_u
 
 def test_exercises_page_is_up_to_date():
     assert (ROOT / "book" / "exercises.md").read_text() == X.render_page(), "run: python tools/exercises.py page"
+
+
+def test_the_exercises_table_has_five_cells_in_every_row():
+    """A pipe in "what it teaches" (e.g. |c_ij|) must not split a row of the table."""
+    rows = [ln for ln in X.render_page().splitlines() if ln.startswith("| [")]
+    assert rows and all(len(re.split(r"(?<!\\)\|", ln)) == 7 for ln in rows)

@@ -340,8 +340,9 @@ def render_page() -> str:
         if not exs:
             continue
         for e in exs:
+            teaches = e.teaches.replace("|", "\\|")  # a pipe inside a cell would split the table's row
             out.append(f"| [{e.id}](ex-{e.id.replace('.', '-')}) | {{doc}}`/notebooks/{path.stem}` | {e.level} | "
-                       f"{e.teaches} | {e.minutes} |")
+                       f"{teaches} | {e.minutes} |")
         sections += [f"## {title(nb)}", ""]
         for e in exs:
             body = e.task.split("\n", 1)
