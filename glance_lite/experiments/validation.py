@@ -70,6 +70,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from ..baselines.controls import CONTROLS
 from ..common.fileio import DatasetError, GlanceError, atomic_write_json, default_mode, short_hash
 from ..common.presets import (CHOICES, Preset, get_preset, hardware_info, keyed_training_fields, same_local_net,
                               same_preset)
@@ -631,8 +632,6 @@ def _hardware(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _controls_of(row: dict[str, Any]) -> tuple[str, ...]:
     """The local-only controls a row was scored with (rows of :data:`CONTROLS_VERSION` written before
     the field existed ran both)."""
-    from ..baselines.controls import CONTROLS
-
     if row.get("controls_version") != CONTROLS_VERSION:
         return ()
     return tuple(row.get("controls") or CONTROLS)
@@ -643,8 +642,6 @@ def _run_source(src: Source, out: Path, preset: Preset, teacher: str, ts: bool, 
                 controls: Sequence[str] | None = None) -> tuple[dict[str, Any], bool]:
     """Fit, evaluate and (optionally) run the local-only controls (``controls``, default both) of one
     source; returns (row, reused).  A finished row is reused when it holds every control asked for."""
-    from ..baselines.controls import CONTROLS
-
     wanted = tuple(CONTROLS if controls is None else controls)
     import torch
 
@@ -918,7 +915,7 @@ def validate(sources: Iterable[str | Source] | None, out: str | os.PathLike, pre
                         "splits that are fair to tune on (offline set, hazelnut toy); no test image of a "
                         "real category is read",
             "preset": p.name, "preset_fields": p.to_dict(), "teacher_requested": teacher, "ts": ts,
-            "controls": list(controls or ("ts", "knn")) if ts else [],
+            "controls": list(CONTROLS if controls is None else controls) if ts else [],
             "git_commit": git_commit(), "hardware": _hardware(rows),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "heldout_version": HELDOUT_VERSION,
             "sources": [str(s) for s in srcs], "rows": rows, "mean": mean_row(rows),
