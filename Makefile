@@ -39,7 +39,8 @@ book: $(STAMP) $(MATHJAX)
 	@echo "book: open _build/html/index.html"
 
 # The tests: unit tests, then every notebook executed through nbval with the smoke preset (a
-# notebook error fails; nbval also runs the widget cells the book skips), then a warnings-as-errors
+# notebook error fails; nbval also runs the widget cells the book skips); both spread over every core
+# (pytest-xdist, one thread per process, a notebook's cells kept on one worker), then a warnings-as-errors
 # book build *with execution* (smoke preset), so that a broken cross-reference, citation or table of
 # contents fails, and the pages carry real outputs.  Then the built pages are scanned for anything
 # loaded from another host, and opened in headless Chromium (tools/browser_check.py: math typeset,
@@ -49,8 +50,8 @@ book: $(STAMP) $(MATHJAX)
 # that reads results files (06).
 test: $(STAMP) $(MATHJAX)
 	bash tools/need_chromium.sh
-	GLANCE_PRESET=smoke $(BIN)/python -m pytest tests -q
-	GLANCE_PRESET=smoke $(BIN)/python -m pytest --nbval-lax notebooks/ -q -p no:cacheprovider
+	GLANCE_PRESET=smoke $(BIN)/python -m pytest tests -q -n auto
+	GLANCE_PRESET=smoke OMP_NUM_THREADS=1 $(BIN)/python -m pytest --nbval-lax notebooks/ -q -p no:cacheprovider -n auto --dist loadfile
 	mkdir -p _build
 	sed -e 's/execute_notebooks: cache/execute_notebooks: force/' -e 's|authoryear_bib: book/_ext|authoryear_bib: ../book/_ext|' _config.yml > _build/_config_check.yml
 	GLANCE_PRESET=smoke $(BIN)/jupyter-book build . --config _build/_config_check.yml --builder html -W -n --keep-going --path-output _build/smoke
@@ -60,7 +61,7 @@ test: $(STAMP) $(MATHJAX)
 	$(BIN)/python tools/colab_check.py notebooks/03_heads_and_training.ipynb notebooks/06_mvtec_ad.ipynb
 
 unit: $(STAMP) $(MATHJAX)
-	GLANCE_PRESET=smoke $(BIN)/python -m pytest tests -q
+	GLANCE_PRESET=smoke $(BIN)/python -m pytest tests -q -n auto
 
 # Regenerate the committed results files the reproduction chapters show (long; CPU or GPU).
 results: $(STAMP)

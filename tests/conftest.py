@@ -1,4 +1,4 @@
-"""Shared test setup: smoke preset, one torch thread, and fixtures for optional real data."""
+"""Shared test setup: smoke preset, one thread per process, and fixtures for optional real data."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("GLANCE_PRESET", "smoke")
+# One thread per test process, and for the kernels and ranks it starts: `make test` runs the tests on
+# every core at once (pytest-xdist), and two threads per process on a two-core machine would fight.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 

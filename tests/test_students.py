@@ -258,6 +258,10 @@ def test_stop_rule_gives_the_students_the_joint_stage_steps():
     assert stop_rule(cpu.replace(global_steps=100), 3)["min_steps"] == cpu.finetune_steps // 2  # never below 200
     with pytest.raises(GlanceError):
         stop_rule(cpu, 0)
+    # convergence is judged on 1,024 held-out patches at cpu and paper (the committed runs' rule), on
+    # fewer only where the preset fine-tunes on fewer (smoke: 4 x 32)
+    assert r["heldout_patches"] == 1024 and stop_rule(get_preset("paper"), 3)["heldout_patches"] == 1024
+    assert stop_rule(get_preset("smoke"), 3)["heldout_patches"] == 128
 
 
 def test_has_converged_reads_the_last_fifth():

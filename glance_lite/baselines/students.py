@@ -89,6 +89,7 @@ __all__ = [
     "DEFAULT_STUDENTS",
     "VAL_FRACTION",
     "HELDOUT_PATCHES",
+    "heldout_patches",
     "STOP_TOL",
     "STOP_WINDOW",
     "stop_rule",
@@ -122,7 +123,8 @@ _STUDENT_SEED = 7919  # offset between the per-student seeds (a prime, so seeds 
 
 
 HELDOUT_PATCHES = 1024
-"""Patches of the held-out training images on which each student's convergence is judged. ours."""
+"""Patches of the held-out training images on which each student's convergence is judged (at most;
+see :func:`heldout_patches`). ours."""
 
 STOP_TOL = 0.01
 """A student has converged when its held-out error fell by less than this fraction ... ours."""
@@ -132,6 +134,14 @@ STOP_WINDOW = 0.2
 
 CAP_FACTOR = 1.5
 """``max_steps = CAP_FACTOR * min_steps``: the cap on a student's steps. ours."""
+
+
+def heldout_patches(preset: Preset) -> int:
+    """Held-out patches for a run with this preset: ``min(HELDOUT_PATCHES, 4 * preset.finetune_patches)``.
+
+    The ``cpu`` and ``paper`` presets get all :data:`HELDOUT_PATCHES`; the tiny ``smoke`` preset (32
+    fine-tuning patches) gets 128, so that judging convergence does not cost more than training. ours."""
+    return int(min(HELDOUT_PATCHES, 4 * int(preset.finetune_patches)))
 
 
 def stop_rule(preset: Preset, n_students: int = DEFAULT_STUDENTS) -> dict[str, Any]:
@@ -146,15 +156,16 @@ def stop_rule(preset: Preset, n_students: int = DEFAULT_STUDENTS) -> dict[str, A
     lo = max(1, int(preset.finetune_steps) // 2, -(-int(preset.global_steps) // int(n_students)))
     return {"kind": "heldout-plateau", "min_steps": lo, "max_steps": int(np.ceil(CAP_FACTOR * lo)),
             "eval_every": max(1, lo // 10), "tol": STOP_TOL, "window": STOP_WINDOW,
-            "heldout_patches": HELDOUT_PATCHES}
+            "heldout_patches": heldout_patches(preset)}
 
 
-def fixed_rule(steps: int) -> dict[str, Any]:
-    """A rule that trains every student exactly ``steps`` steps (its held-out curve is still recorded)."""
+def fixed_rule(steps: int, n_heldout: int = HELDOUT_PATCHES) -> dict[str, Any]:
+    """A rule that trains every student exactly ``steps`` steps (its held-out curve, on ``n_heldout``
+    patches, is still recorded)."""
     if steps < 1:
         raise GlanceError(f"need steps >= 1, got {steps}")
     return {"kind": "fixed", "min_steps": int(steps), "max_steps": int(steps), "eval_every": max(1, int(steps) // 10),
-            "tol": STOP_TOL, "window": STOP_WINDOW, "heldout_patches": HELDOUT_PATCHES}
+            "tol": STOP_TOL, "window": STOP_WINDOW, "heldout_patches": int(n_heldout)}
 
 
 def has_converged(steps: list[int], losses: list[float], rule: dict[str, Any]) -> bool:
@@ -570,7 +581,7 @@ def fit_students(
     p = model.preset
     if n_students < 1:
         raise GlanceError(f"need n_students >= 1, got {n_students}")
-    rule = stop_rule(p, n_students) if steps is None else fixed_rule(int(steps))
+    rule = stop_rule(p, n_students) if steps is None else fixed_rule(int(steps), heldout_patches(p))
     lr = default_lr(p) if lr is None else float(lr)
     settings = {"n_students": int(n_students), "rule": rule, "lr": lr, "val_fraction": float(val_fraction),
                 "pool": int(p.finetune_patches), "seed": int(p.seed), "batch_size": int(p.batch_size)}
