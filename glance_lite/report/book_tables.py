@@ -169,8 +169,8 @@ def missing_note(rows: Sequence[dict[str, Any]], dataset: str = "mvtec_ad") -> s
     missing = [c for c in MVTEC_CATEGORIES if c not in have]
     if not missing:
         return ""
-    return (f"Not run here ({len(missing)} of {len(MVTEC_CATEGORIES)}, no data on this machine): "
-            + ", ".join(missing) + ".")
+    return (f"No results file yet for {len(missing)} of the {len(MVTEC_CATEGORIES)} categories (their images "
+            f"were not available to the build; `glance-lite reproduce` adds them): " + ", ".join(missing) + ".")
 
 
 def bar_rows(cat: str, rows: Sequence[dict[str, Any]], archived: Sequence[dict[str, Any]] = ()) -> Any:
