@@ -15,6 +15,12 @@ path as :func:`glance_lite.baselines.students.train_student`), after a few warm-
 Student weights and pixels do not change the work, so random ones are used.  A benchmark, not a test;
 wall times on a shared machine are noisy, so compare the ratios of one run.
 
+Read the projection as a lower bound.  It counts the optimiser step only.  A real run also samples
+patches, evaluates the held-out error every ``eval_every`` steps and scores the test images.  On the
+offline ``cable`` category at ``cpu`` (idle 2-core machine, two threads) the whole control took 0.34 s
+per student step, about twice this benchmark's 0.17 s (``glance_lite/results/cpu/offline/cable``,
+``ts.wall_seconds`` over the students' ``stop_steps``).
+
 Defined in :doc:`/book/cli` (section "The local-only controls").
 """
 
