@@ -159,9 +159,9 @@ def stop_rule(preset: Preset, n_students: int = DEFAULT_STUDENTS) -> dict[str, A
             "heldout_patches": heldout_patches(preset)}
 
 
-def fixed_rule(steps: int, n_heldout: int = HELDOUT_PATCHES) -> dict[str, Any]:
+def fixed_rule(steps: int, n_heldout: int) -> dict[str, Any]:
     """A rule that trains every student exactly ``steps`` steps (its held-out curve, on ``n_heldout``
-    patches, is still recorded)."""
+    patches -- :func:`heldout_patches` of the run's preset -- is still recorded)."""
     if steps < 1:
         raise GlanceError(f"need steps >= 1, got {steps}")
     return {"kind": "fixed", "min_steps": int(steps), "max_steps": int(steps), "eval_every": max(1, int(steps) // 10),
