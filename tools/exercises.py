@@ -57,6 +57,12 @@ def _meta(cell: dict[str, Any]) -> dict[str, Any]:
     return cell.get("metadata", {}).get("exercise") or {}
 
 
+def is_exercise_cell(cell: dict[str, Any]) -> bool:
+    """Whether a cell belongs to a chapter's exercises: one of an exercise's cells (its ``exercise``
+    metadata) or the ``## Exercises`` heading that opens them."""
+    return bool(_meta(cell)) or _src(cell).startswith("## Exercises")
+
+
 @dataclass
 class Exercise:
     """One exercise of a chapter, gathered from its cells."""
