@@ -220,13 +220,40 @@ def test_validate_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
 
 
 def test_table_markdown_handles_missing_and_failed():
-    rows = [{"source": "a", "mode": "test", "status": "ok", "AU-PRO": 0.5, "ts_AU-PRO": 0.4,
-             "glance_minus_ts_AU-PRO": 0.1, "seconds": 3.0},
+    rows = [{"source": "a", "mode": "test", "status": "ok", "AU-PRO": 0.5, "ts_AU-PRO": 0.4, "knn_AU-PRO": 0.3,
+             "local_AU-PRO": 0.4, "glance_minus_local_AU-PRO": 0.1, "controls_version": V.CONTROLS_VERSION,
+             "seconds": 3.0},
             {"source": "b", "mode": "heldout", "status": "failed", "error": "x"}]
     t = V.validation_table_markdown(rows).splitlines()
     assert len(t) == 5 and all(ln.startswith("|") and ln.endswith("|") for ln in t)
     assert "+0.100" in t[2] and "failed" in t[3] and "**mean** (1 sources)" in t[4]
     assert len({ln.count("|") for ln in t}) == 1
+
+
+def test_table_markdown_reports_glance_minus_the_strongest_fair_control():
+    head = ["source", "mode", "AU-PRO", "pixel AUROC", "image AUROC", "IAD-only AU-PRO", "DAD-only AU-PRO",
+            "TS AU-PRO", "NN AU-PRO", "strongest local", "which", "glance − local AU-PRO"]
+    fair = {"status": "ok", "controls_version": V.CONTROLS_VERSION}
+    rows = [dict(fair, source="a", mode="test", **{"AU-PRO": 0.9, "ts_AU-PRO": 0.7, "knn_AU-PRO": 0.8,
+                                                   "local_AU-PRO": 0.8, "glance_minus_local_AU-PRO": 0.1}),
+            dict(fair, source="b", mode="test", **{"AU-PRO": 0.6, "ts_AU-PRO": 0.8, "knn_AU-PRO": 0.7,
+                                                   "local_AU-PRO": 0.8, "glance_minus_local_AU-PRO": -0.2}),
+            # written before the fair controls: its 200-step TS is not shown, and stays out of the means
+            {"source": "c", "mode": "test", "status": "ok", "AU-PRO": 0.7, "ts_AU-PRO": 0.1,
+             "glance_minus_ts_AU-PRO": 0.6}]
+    lines = V.validation_table_markdown(rows).splitlines()
+    cols = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert cols[: len(head)] == head and "glance − TS AU-PRO" not in cols
+
+    def cells(i: int) -> dict[str, str]:
+        return dict(zip(cols, (c.strip() for c in lines[i].strip("|").split("|"))))
+
+    a, b, c, m = cells(2), cells(3), cells(4), cells(5)
+    assert (a["strongest local"], a["which"], a["glance − local AU-PRO"]) == ("0.800", "NN", "+0.100")
+    assert (b["strongest local"], b["which"], b["glance − local AU-PRO"]) == ("0.800", "TS", "-0.200")
+    assert c["TS AU-PRO"] == c["strongest local"] == c["glance − local AU-PRO"] == "–" and c["AU-PRO"] == "0.700"
+    assert m["TS AU-PRO"] == "0.750" and m["glance − local AU-PRO"] == "-0.050" and m["which"] == "2 with controls"
+    assert m["AU-PRO"] == "0.733"
 
 
 def test_a_variant_without_ts_borrows_it_only_from_the_same_local_net():

@@ -820,29 +820,54 @@ def ts_lenders(result: dict[str, Any]) -> list[str]:
 
 
 def validation_table_markdown(rows: Sequence[dict[str, Any]], mean: bool = True) -> str:
-    """A GitHub-flavoured markdown table of validation rows (plus the mean row when ``mean``)."""
+    """A GitHub-flavoured markdown table of validation rows (plus the mean row when ``mean``).
+
+    The local-only controls are shown only where they are fair (rows of :data:`CONTROLS_VERSION`: TS trained
+    until its held-out error stops falling, and nearest neighbours): each control's AU-PRO, the strongest of
+    them, which one it is, and glance − local, glance-lite minus the strongest.  A row written before them
+    shows dashes there; the mean row averages each of those columns over the rows that have it."""
 
     def f(v: Any, signed: bool = False) -> str:
         if v is None:
             return "–"
         return f"{float(v):+.3f}" if signed else f"{float(v):.3f}"
 
+    def fair(r: dict[str, Any]) -> dict[str, Any]:
+        if r.get("controls_version") != CONTROLS_VERSION:
+            return {}
+        ts, nn, loc = r.get("ts_AU-PRO"), r.get("knn_AU-PRO"), r.get("local_AU-PRO")
+        which = None if loc is None else "TS" if ts is not None and ts == loc else "NN" if nn is not None else None
+        return {"ts": ts, "nn": nn, "local": loc, "which": which, "diff": r.get("glance_minus_local_AU-PRO")}
+
     head = ["source", "mode", "AU-PRO", "pixel AUROC", "image AUROC", "IAD-only AU-PRO", "DAD-only AU-PRO",
-            "TS AU-PRO", "TS pixel AUROC", "glance − TS AU-PRO", "AU-PRO z-score", "AU-PRO position", "seconds"]
+            "TS AU-PRO", "NN AU-PRO", "strongest local", "which", "glance − local AU-PRO", "AU-PRO z-score",
+            "AU-PRO position", "seconds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---", ":---"] + ["---:"] * (len(head) - 2)) + "|"]
+    ok = finished_rows(rows)
+    controls = [fair(r) for r in ok]
+
+    def avg(k: str) -> float | None:
+        vals = [c[k] for c in controls if c.get(k) is not None]
+        return float(np.mean(vals)) if vals else None
+
     all_rows = list(rows) + ([mean_row(rows)] if mean and rows else [])
     for r in all_rows:
         name = str(r.get("source", "")).replace("|", "\\|")
         if r.get("source") == "mean":
             name = f"**mean** ({r.get('n_sources', 0)} sources)"
+            c = {k: avg(k) for k in ("ts", "nn", "local", "diff")}
+            n_fair = sum(1 for x in controls if x.get("local") is not None)
+            c["which"] = f"{n_fair} with controls" if n_fair != len(ok) else ""
+        else:
+            c = fair(r)
         if r.get("status") != "ok":
             cells = [name, str(r.get("mode", "")), "failed"] + [""] * (len(head) - 3)
         else:
             sec = r.get("seconds")
             cells = [name, str(r.get("mode", "")), f(r.get("AU-PRO")), f(r.get("pixel_AUROC")),
                      f(r.get("image_AUROC")), f(r.get("iad_only_AU-PRO")), f(r.get("dad_only_AU-PRO")),
-                     f(r.get("ts_AU-PRO")), f(r.get("ts_pixel_AUROC")), f(r.get("glance_minus_ts_AU-PRO"), True),
-                     f(r.get("AU-PRO_zscore")), f(r.get("AU-PRO_position")),
+                     f(c.get("ts")), f(c.get("nn")), f(c.get("local")), c.get("which") or "–",
+                     f(c.get("diff"), True), f(r.get("AU-PRO_zscore")), f(r.get("AU-PRO_position")),
                      "–" if sec is None else f"{float(sec):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
