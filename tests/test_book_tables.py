@@ -483,3 +483,24 @@ def test_plot_heldout_curves_draws_one_line_per_student():
     plt.close(fig2)
     with pytest.raises(Exception, match="no held-out curves"):
         plot_heldout_curves(OLD_TS)
+
+
+def test_ts_stops_tells_the_cap_from_the_plateau():
+    from glance_lite.report.book_tables import ts_stops
+
+    rule = {"kind": "heldout-plateau", "min_steps": 1000, "max_steps": 1500, "tol": 0.01, "window": 0.2}
+    steps = list(range(0, 1501, 100))
+    still = {"steps": steps, "loss": [1.0 / (1 + s) for s in steps], "stop_step": 1500}  # -> 20 % fall at the cap
+    flat = {"steps": steps[:12], "loss": [1.0] * 12, "stop_step": 1100}
+    rising = {"steps": steps, "loss": [1.0] * 13 + [1.1] * 3, "stop_step": 1500}  # at the cap, but no gain
+    rows = [
+        {"dataset": "d", "category": "a", "ts": {"AU-PRO": 0.5, "stop_steps": [1500, 1100, 1500], "rule": rule,
+                                                 "heldout_curves": [still, flat, rising]}},
+        {"dataset": "d", "category": "old", "ts": {"AU-PRO": 0.5}},  # under-trained: left out
+    ]
+    df = ts_stops(rows)
+    assert list(df.index) == ["d/a"] * 3
+    assert list(df["stopped by"]) == ["cap", "plateau", "plateau"]
+    assert list(df["stop step"]) == [1500, 1100, 1500]
+    assert abs(df["still falling"].iloc[0] - (1 / 1201 - 1 / 1501) / (1 / 1201)) < 1e-12
+    assert df["still falling"].iloc[1] == 0.0 and df["still falling"].iloc[2] < 0

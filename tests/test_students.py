@@ -282,6 +282,19 @@ def test_has_converged_reads_the_last_fifth():
     assert not has_converged(steps, falling[:8] + [falling[7] * 0.99, falling[7] * 0.985, falling[7] * 0.98], rule)
 
 
+def test_last_window_gain_is_the_fall_over_the_last_fifth():
+    from glance_lite.baselines.students import last_window_gain
+
+    steps = [0, 500, 800, 1000]
+    # the error at 800 (the last evaluation at or before 0.8 * 1000) against the error at 1000
+    assert abs(last_window_gain(steps, [4.0, 2.0, 1.0, 0.9]) - 0.1) < 1e-12
+    assert abs(last_window_gain(steps, [4.0, 2.0, 1.0, 1.2]) + 0.2) < 1e-12  # a rise is negative
+    # no evaluation at exactly 0.8 t: the last one before it
+    assert abs(last_window_gain([0, 700, 1000], [4.0, 2.0, 1.5]) - 0.25) < 1e-12
+    assert last_window_gain([1000], [1.0]) is None and last_window_gain(steps, [0.0, 0.0, 0.0, 0.0]) is None
+    assert abs(last_window_gain(steps, [4.0, 2.0, 1.0, 0.9], window=0.5) - 0.55) < 1e-12  # 2.0 at 500
+
+
 def test_converged_students_record_their_curves_and_resume_exactly(tmp_path, monkeypatch):
     monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
     root = _tiny_dataset(tmp_path / "ds")

@@ -95,6 +95,7 @@ __all__ = [
     "stop_rule",
     "student_seed",
     "fixed_rule",
+    "last_window_gain",
     "has_converged",
     "heldout_loss",
     "default_lr",
@@ -168,12 +169,29 @@ def fixed_rule(steps: int, n_heldout: int) -> dict[str, Any]:
             "tol": STOP_TOL, "window": STOP_WINDOW, "heldout_patches": int(n_heldout)}
 
 
+def last_window_gain(steps: list[int], losses: list[float], window: float = STOP_WINDOW) -> float | None:
+    """Relative fall of the held-out error over the last ``window`` of the steps: ``(before - now) / before``.
+
+    ``now`` is the error at the last evaluation ``t``, ``before`` the error at the last evaluation at or
+    before ``(1 - window) t`` (the first one if none is).  Negative when the error rose; ``None`` with
+    fewer than two evaluations or a non-positive ``before``.  A student whose gain is still above
+    :data:`STOP_TOL` when it stops was stopped by the cap, not by the plateau (printed in
+    :doc:`/notebooks/06_mvtec_ad`).
+    """
+    if len(steps) < 2 or len(steps) != len(losses):
+        return None
+    back = (1.0 - float(window)) * steps[-1]
+    j = max(i for i, s_ in enumerate(steps) if s_ <= back) if steps[0] <= back else 0
+    before, now = float(losses[j]), float(losses[-1])
+    return None if before <= 0 else (before - now) / before
+
+
 def has_converged(steps: list[int], losses: list[float], rule: dict[str, Any]) -> bool:
     """Whether a student with held-out errors ``losses`` at ``steps`` (ascending) stops now.
 
     It stops at ``max_steps``; before ``min_steps`` never; in between when the error at the last
     evaluation ``t`` is less than ``tol`` (relative) below the error at the last evaluation at or
-    before ``(1 - window) t`` -- a rise counts as no gain.
+    before ``(1 - window) t`` (:func:`last_window_gain`) -- a rise counts as no gain.
     """
     if not steps:
         return False
@@ -182,10 +200,8 @@ def has_converged(steps: list[int], losses: list[float], rule: dict[str, Any]) -
         return True
     if t < rule["min_steps"]:
         return False
-    back = (1.0 - float(rule["window"])) * t
-    j = max(i for i, s_ in enumerate(steps) if s_ <= back) if steps[0] <= back else 0
-    before, now = float(losses[j]), float(losses[-1])
-    return before <= 0 or (before - now) / before < float(rule["tol"])
+    gain = last_window_gain(steps, losses, float(rule["window"]))
+    return gain is None or gain < float(rule["tol"])
 
 
 @torch.no_grad()

@@ -37,7 +37,7 @@ from ..experiments.validation import (CONTROLS_VERSION, LEGACY_LOCAL_NETS, finis
 __all__ = ["tables_1_and_2", "results_at_a_glance", "missing_note", "bar_rows", "offline_table", "table_4",
            "provenance_html", "validation_levers", "validation_sources", "validation_lambda", "seed_repeats",
            "validation_seeds", "seed_intervals", "context_table", "converged_ts", "fair_controls",
-           "strongest_local", "CONTROL_NAMES", "STYLE"]
+           "strongest_local", "ts_stops", "CONTROL_NAMES", "STYLE"]
 
 STYLE = {"precision": 3, "na_rep": "–"}
 """``DataFrame.style.format(**STYLE)``: three decimals, a dash for a missing value."""
@@ -71,6 +71,34 @@ def strongest_local(r: dict[str, Any], metric: str = "AU-PRO") -> tuple[str | No
     or ``(None, None)`` when the file has none (:func:`glance_lite.baselines.controls.strongest`)."""
     name, v = strongest(fair_controls(r), metric)
     return (CONTROL_NAMES.get(name, name) if name else None), v
+
+
+def ts_stops(rows: Sequence[dict[str, Any]]) -> Any:
+    """How each converged TS student of the results files stopped: one row per file and student.
+
+    Columns: ``student`` (1..M), ``stop step``, ``stopped by`` (``plateau`` when the held-out error fell by
+    less than the rule's ``tol`` over the last ``window`` of its steps, ``cap`` when ``max_steps`` ended it
+    first) and ``still falling`` (that relative fall at the stop,
+    :func:`glance_lite.baselines.students.last_window_gain`), indexed by ``dataset/category``.  Files
+    without a converged TS are left out.  Shown in :doc:`/notebooks/06_mvtec_ad`.
+    """
+    from ..baselines.students import last_window_gain
+
+    out = []
+    for r in rows:
+        ts = converged_ts(r.get("ts"))
+        if ts is None:
+            continue
+        rule = ts.get("rule") or {}
+        for k, c in enumerate(ts.get("heldout_curves") or []):
+            gain = last_window_gain(c["steps"], c["loss"], float(rule.get("window", 0.2)))
+            stop = c.get("stop_step", c["steps"][-1])
+            capped = rule.get("max_steps") is not None and stop >= int(rule["max_steps"]) and (
+                gain is not None and gain >= float(rule.get("tol", 0.01)))
+            out.append({"category": f"{r.get('dataset')}/{r['category']}", "student": k + 1, "stop step": int(stop),
+                        "stopped by": "cap" if capped else "plateau", "still falling": gain})
+    return _pd().DataFrame(out, columns=["category", "student", "stop step", "stopped by",
+                                         "still falling"]).set_index("category")
 
 
 def _minus(a: Any, b: Any) -> float | None:
