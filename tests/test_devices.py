@@ -158,3 +158,17 @@ def test_no_training_stage_ignores_the_device():
     assert len(calls) >= 4, calls
     for name, call in calls:
         assert "precision=" in call, f"{name}: a run_stage call without precision= (device): {call[:80]}"
+
+
+def test_cpu_model_reads_the_model_name(tmp_path):
+    from glance_lite.common.presets import cpu_model, hardware_info
+
+    f = tmp_path / "cpuinfo"
+    f.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Some CPU @ 2.0GHz\n\nprocessor\t: 1\nmodel name\t: Other\n")
+    assert cpu_model(f) == "Some CPU @ 2.0GHz"  # the first one
+    f.write_text("processor\t: 0\nmodel name\t:   \n")  # an empty name is no name
+    import platform
+
+    assert cpu_model(f) == (platform.processor() or None)
+    assert cpu_model(tmp_path / "missing") == (platform.processor() or None)
+    assert hardware_info()["cpu_model"] == cpu_model()

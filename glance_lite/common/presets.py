@@ -28,6 +28,7 @@ import numbers
 import os
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .fileio import GlanceError
@@ -35,7 +36,7 @@ from .fileio import GlanceError
 __all__ = ["Preset", "PRESETS", "TEACHER_NAMES", "EVALUATION_FIELDS", "LATER_FIELDS", "JOINT_STAGE_FIELDS",
            "REMOVED_FIELDS", "removed_settings", "check_removed", "keyed_dict", "keyed_training_fields",
            "training_fields", "same_preset", "same_local_net", "get_preset", "parse_overrides",
-           "preset_name_from_env", "hardware_info"]
+           "preset_name_from_env", "cpu_model", "hardware_info"]
 
 
 @dataclass(frozen=True)
@@ -532,12 +533,27 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """The CPU's model name (the first ``model name`` of ``cpuinfo`` on Linux, else what
+    :func:`platform.processor` says), or None: timings on two CPUs with the same core count can differ
+    twofold, so results files record it beside the cores."""
+    try:
+        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def hardware_info() -> dict[str, Any]:
-    """What this run ran on: CPU, cores, GPU (if any), torch and Python versions."""
+    """What this run ran on: CPU (architecture and model), cores, GPU (if any), torch and Python versions."""
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
     }
     try:

@@ -297,7 +297,8 @@ def _sweep_row(category: str, source: str, by_lambda: dict[str, float]) -> dict[
 
 
 def _short_hw(hw: dict[str, Any]) -> str:
-    return hw.get("gpu") or f"{hw.get('cpu_count')} CPU cores, {hw.get('threads', '?')} threads"
+    cores = f"{hw.get('cpu_count')} CPU cores, {hw.get('threads', '?')} threads"
+    return hw.get("gpu") or (f"{hw['cpu_model']} ({cores})" if hw.get("cpu_model") else cores)
 
 
 def provenance_html(rows: Iterable[dict[str, Any]], results_root: str | Path | None = None,
