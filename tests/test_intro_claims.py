@@ -71,3 +71,16 @@ def test_on_mesh_the_converged_ts_beats_glance_lite_and_each_head():
     c = _controls(r)
     assert max(c, key=c.get) == "ts"
     assert c["ts"] > r["AU-PRO"] and all(c["ts"] > h for h in _heads(r))
+
+
+def test_most_ts_students_reach_the_cap_with_their_error_still_falling():
+    """The intro says so of the TS control at the cpu preset (chapter 06 prints the table)."""
+    from glance_lite.report.book_tables import ts_stops
+
+    rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*/*/metrics.json"))]
+    if not rows:
+        pytest.skip("no cpu results files committed")
+    df = ts_stops(rows)
+    capped = df[df["stopped by"] == "cap"]
+    assert 2 * len(capped) > len(df), df
+    assert (capped["still falling"] > 0).all()
