@@ -23,7 +23,7 @@ def test_tables_1_and_2_match_the_results_files():
         disk = json.loads(open(f"{r['_folder']}/metrics.json").read())
         assert df.loc[r["category"], "ours: AU-PRO"] == disk["AU-PRO"]
         assert df.loc[r["category"], "ours: pixel AUROC"] == disk["pixel_AUROC"]
-        ts = df.loc[r["category"], "ours: TS (converged) AU-PRO"]
+        ts = df.loc[r["category"], "ours: TS (stop rule) AU-PRO"]
         if (disk.get("ts") or {}).get("stop_steps"):  # a converged TS is shown as it is on disk ...
             assert ts == disk["ts"]["AU-PRO"]
         else:  # ... the 200-step TS of an older file never
@@ -45,7 +45,7 @@ def test_offline_and_table_4_match_the_results_files():
     off = book_tables.offline_table(rows)
     for r in (r for r in rows if r.get("dataset") == "offline"):
         assert off.loc[r["category"], "AU-PRO"] == r["AU-PRO"]
-        ts = off.loc[r["category"], "TS (converged)"]
+        ts = off.loc[r["category"], "TS (stop rule)"]
         assert ts == r["ts"]["AU-PRO"] if (r.get("ts") or {}).get("stop_steps") else np.isnan(ts)
     t4 = book_tables.table_4(rows)
     for r in (r for r in rows if "ablation" in r and r.get("dataset") == "mvtec_ad"):
@@ -80,7 +80,7 @@ def test_validation_tables_match_the_files():
         assert lev.loc[label, "AU-PRO"] == v["mean"]["AU-PRO"]
         fair = [r for r in v["rows"] if r.get("controls_version") == 2 and (r.get("ts") or {}).get("stop_steps")]
         if not fair:  # a TS of the files written before the fair controls is never shown
-            assert np.isnan(lev.loc[label, "TS (converged)"])
+            assert np.isnan(lev.loc[label, "TS (stop rule)"])
         # what the variant changes is named, image size included (a variant may change only that)
         assert lev.loc[label, "image, Local-Net"].startswith(f"{v['preset_fields']['image_size']} px, ")
         # and so is each setting since removed from the package that the variant used, and only such a one
@@ -354,9 +354,9 @@ def test_an_old_ts_is_never_shown_in_any_table():
         assert len(df) and 0.86 in shown or 0.95 in shown  # the file itself is shown
     # its control cells are empty (NaN), never filled from the old TS
     t12 = tables["tables 1 and 2"]
-    for c in ("ours: TS (converged) AU-PRO", "ours: strongest local AU-PRO", "ours: glance − local AU-PRO"):
+    for c in ("ours: TS (stop rule) AU-PRO", "ours: strongest local AU-PRO", "ours: glance − local AU-PRO"):
         assert t12[c].isna().all(), c
-    assert tables["offline"][["TS (converged)", "strongest local", "glance − local"]].isna().all().all()
+    assert tables["offline"][["TS (stop rule)", "strongest local", "glance − local"]].isna().all().all()
     assert not any(i.startswith(("TS", "nearest")) for i in tables["bars"].index)
     # a TS with stop steps but trained a fixed step count is no converged TS either
     fixed = dict(_converged(0.444444), rule={"kind": "fixed", "min_steps": 200, "max_steps": 200})
@@ -372,27 +372,27 @@ def test_fair_controls_show_the_strongest_and_glance_minus_it():
     assert t12.loc["bottle", "which local control"] == "nearest neighbours"
     assert t12.loc["bottle", "ours: strongest local AU-PRO"] == 0.90
     assert t12.loc["bottle", "ours: glance − local AU-PRO"] == pytest.approx(0.86 - 0.90)
-    assert t12.loc["bottle", "ours: TS (converged) AU-PRO"] == 0.80
-    assert t12.loc["screw", "which local control"] == "TS (converged)"
+    assert t12.loc["bottle", "ours: TS (stop rule) AU-PRO"] == 0.80
+    assert t12.loc["screw", "which local control"] == "TS (stop rule)"
     assert t12.loc["screw", "ours: glance − local AU-PRO"] == pytest.approx(0.67 - 0.70)
     assert t12.loc["screw", "ours: nearest neighbours AU-PRO"] == 0.55
-    assert np.isnan(t12.loc["cable", "ours: TS (converged) AU-PRO"])
+    assert np.isnan(t12.loc["cable", "ours: TS (stop rule) AU-PRO"])
     assert t12.loc["cable", "ours: glance − local AU-PRO"] == pytest.approx(0.90 - 0.85)
     mean = t12.loc["mean (3)"]
     assert mean["ours: glance − local AU-PRO"] == pytest.approx(np.mean([-0.04, -0.03, 0.05]))
-    assert np.isnan(mean["ours: TS (converged) AU-PRO"])  # cable has none: no mean over fewer categories
+    assert np.isnan(mean["ours: TS (stop rule) AU-PRO"])  # cable has none: no mean over fewer categories
     # the strongest may differ by metric: pixel AUROC is judged on its own
     assert book_tables.strongest_local(mv[0], "pixel_AUROC") == ("nearest neighbours", 0.96)
     bars = book_tables.bar_rows("screw", mv)
-    assert bars.loc["TS (converged), preset cpu", "AU-PRO"] == 0.70
+    assert bars.loc["TS (stop rule), preset cpu", "AU-PRO"] == 0.70
     assert bars.loc["nearest neighbours, preset cpu", "AU-PRO"] == 0.55
     assert bars.loc["nearest neighbours, preset cpu", "fit s"] == 30
-    assert bars.loc["glance-lite, preset cpu", "which local control"] == "TS (converged)"
+    assert bars.loc["glance-lite, preset cpu", "which local control"] == "TS (stop rule)"
     assert bars.loc["glance-lite, preset cpu", "glance − local"] == pytest.approx(0.67 - 0.70)
     off = book_tables.offline_table([_file("mesh", 0.78, dataset="offline", ts=_converged(0.77), knn=_knn(0.81))])
     assert off.loc["mesh", "strongest local"] == 0.81 and off.loc["mesh", "which local control"] == "nearest neighbours"
     assert off.loc["mesh", "glance − local"] == pytest.approx(0.78 - 0.81)
-    assert off.loc["mesh", "TS (converged)"] == 0.77
+    assert off.loc["mesh", "TS (stop rule)"] == 0.77
 
 
 def test_results_at_a_glance_picks_the_papers_values_by_category(tmp_path):
@@ -409,7 +409,7 @@ def test_results_at_a_glance_picks_the_papers_values_by_category(tmp_path):
         assert t.loc[cat, "paper's AU-PRO"] == TABLE1_PRO[paper]["Ours"]
         assert t.loc[cat, "ours − paper"] == pytest.approx(t.loc[cat, "ours"] - TABLE1_PRO[paper]["Ours"])
     assert t.loc["screw", "ours"] == 0.67 and t.loc["bottle", "ours"] == 0.86
-    assert t.loc["screw", "strongest local"] == 0.70 and t.loc["screw", "which local control"] == "TS (converged)"
+    assert t.loc["screw", "strongest local"] == 0.70 and t.loc["screw", "which local control"] == "TS (stop rule)"
     assert t.loc["screw", "ours − strongest local"] == pytest.approx(-0.03)
     assert t.loc["metal_nut", "which local control"] == "nearest neighbours"
     assert np.isnan(t.loc["bottle", "strongest local"]) and np.isnan(t.loc["bottle", "ours − strongest local"])
@@ -442,7 +442,7 @@ def test_validation_tables_show_controls_only_from_rows_that_have_them():
     assert lev.loc["cpu", "glance − local"] == pytest.approx((-0.015 + 0.042) / 2)
     assert lev.loc["cpu", "nearest neighbours"] == pytest.approx(0.80)
     assert lev.loc["cpu-swap (TS of cpu)", "glance − local"] == pytest.approx((0.79 - 0.80 + 0.94 - 0.903) / 2)
-    assert lev.loc["cpu-old", ["TS (converged)", "strongest local", "glance − local"]].isna().all()
+    assert lev.loc["cpu-old", ["TS (stop rule)", "strongest local", "glance − local"]].isna().all()
     assert lev.loc["cpu-old", "sources with controls"] == 0
     src = book_tables.validation_sources(val, ["cpu", "cpu-old", "cpu-swap"])
     assert src.loc["mesh", ("cpu", "strongest local")] == 0.80

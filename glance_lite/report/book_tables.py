@@ -43,7 +43,7 @@ STYLE = {"precision": 3, "na_rep": "–"}
 """``DataFrame.style.format(**STYLE)``: three decimals, a dash for a missing value."""
 
 
-CONTROL_NAMES = {"ts": "TS (converged)", "knn": "nearest neighbours"}
+CONTROL_NAMES = {"ts": "TS (stop rule)", "knn": "nearest neighbours"}
 """How the tables name each local-only control."""
 
 
@@ -128,7 +128,7 @@ def tables_1_and_2(rows: Sequence[dict[str, Any]]) -> Any:
     """Tables 1 and 2 for the MVTec AD categories that have a results file, in the paper's order.
 
     Columns: the paper's AU-PRO of "Ours" and of TS (Table 1) and pixel AUROC (Table 2) beside ours; our
-    local-only controls on the same run (AU-PRO): TS trained to convergence, nearest neighbours, the
+    local-only controls on the same run (AU-PRO): TS trained by the held-out stop rule, nearest neighbours, the
     strongest of them and which one it is, and glance-lite minus it; and our image AUROC.  A file without
     fair controls leaves those cells empty (:func:`fair_controls`).  The last row is the mean over the
     categories present, the paper's columns averaged over the *same* categories; a column that some
@@ -145,7 +145,7 @@ def tables_1_and_2(rows: Sequence[dict[str, Any]]) -> Any:
                 "category": cat, "kind": "texture" if cat in TEXTURES else "object", "preset": r["preset"],
                 "paper: AU-PRO": TABLE1_PRO[pn]["Ours"], "ours: AU-PRO": r["AU-PRO"],
                 "paper: TS AU-PRO": TABLE1_PRO[pn]["TS"],
-                "ours: TS (converged) AU-PRO": (fair.get("ts") or {}).get("AU-PRO"),
+                "ours: TS (stop rule) AU-PRO": (fair.get("ts") or {}).get("AU-PRO"),
                 "ours: nearest neighbours AU-PRO": (fair.get("knn") or {}).get("AU-PRO"),
                 "ours: strongest local AU-PRO": local, "which local control": which,
                 "ours: glance − local AU-PRO": _minus(r["AU-PRO"], local),
@@ -204,7 +204,7 @@ def missing_note(rows: Sequence[dict[str, Any]], dataset: str = "mvtec_ad") -> s
 def bar_rows(cat: str, rows: Sequence[dict[str, Any]], archived: Sequence[dict[str, Any]] = ()) -> Any:
     """One MVTec AD category against its bars: the paper's numbers, PatchCore (where a reference file
     exists), the archived and the current glance-lite rows, and the fair local-only controls of each
-    (:func:`fair_controls`: TS trained to convergence, nearest neighbours), each with its source.  A
+    (:func:`fair_controls`: TS trained by the held-out stop rule, nearest neighbours), each with its source.  A
     glance-lite row names its strongest local control on AU-PRO and glance-lite minus it."""
     pd = _pd()
     cols = ("AU-PRO", "pixel_AUROC", "image_AUROC")
@@ -247,7 +247,7 @@ def bar_rows(cat: str, rows: Sequence[dict[str, Any]], archived: Sequence[dict[s
 
 def offline_table(rows: Sequence[dict[str, Any]]) -> Any:
     """The offline dataset's results: glance-lite, each head alone and the fair local-only controls
-    (TS trained to convergence, nearest neighbours, the strongest of them and glance-lite minus it; empty
+    (TS trained by the held-out stop rule, nearest neighbours, the strongest of them and glance-lite minus it; empty
     where a file has none), per category (no paper column)."""
     from ..data.offline_data import OFFLINE_CATEGORIES
 
@@ -262,7 +262,7 @@ def offline_table(rows: Sequence[dict[str, Any]]) -> Any:
         out.append({"category": r["category"], "kind": OFFLINE_CATEGORIES.get(r["category"], "?"),
                     "AU-PRO": r["AU-PRO"], "IAD alone": (heads.get("iad_only") or {}).get("AU-PRO"),
                     "DAD alone": (heads.get("dad_only") or {}).get("AU-PRO"),
-                    "TS (converged)": (fair.get("ts") or {}).get("AU-PRO"),
+                    "TS (stop rule)": (fair.get("ts") or {}).get("AU-PRO"),
                     "nearest neighbours": (fair.get("knn") or {}).get("AU-PRO"),
                     "strongest local": local, "which local control": which,
                     "glance − local": _minus(r["AU-PRO"], local),
@@ -270,7 +270,7 @@ def offline_table(rows: Sequence[dict[str, Any]]) -> Any:
     if not out:
         return pd.DataFrame(out)
     return _floats(pd.DataFrame(out).set_index("category"),
-                   ("AU-PRO", "IAD alone", "DAD alone", "TS (converged)", "nearest neighbours", "strongest local",
+                   ("AU-PRO", "IAD alone", "DAD alone", "TS (stop rule)", "nearest neighbours", "strongest local",
                     "glance − local", "pixel AUROC", "image AUROC"))
 
 
@@ -463,7 +463,7 @@ def validation_seeds(val: dict[str, dict[str, Any]], base: str, complete: bool =
 def seed_intervals(val: dict[str, dict[str, Any]], base: str, level: float = 0.95) -> Any:
     """Glance − local per validation source over *every* seed that source has with the fair local-only
     controls (``base`` and all its repeats, complete or not; rows of ``controls_version`` 2): the number of
-    seeds, the mean AU-PRO of glance-lite, of TS trained to convergence, of nearest neighbours and of the
+    seeds, the mean AU-PRO of glance-lite, of TS trained by the held-out stop rule, of nearest neighbours and of the
     strongest of them per seed (:func:`_row_local`), the mean difference glance − local, its standard
     deviation over the seeds, a Student-t interval for the mean difference at ``level`` (``low`` to
     ``high``; none from a single seed), the worst seed's difference, on how many seeds glance-lite is at
@@ -493,7 +493,7 @@ def seed_intervals(val: dict[str, dict[str, Any]], base: str, level: float = 0.9
         n = len(d)
         sd = float(d.std(ddof=1)) if n > 1 else None
         half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n)) if sd is not None else None
-        out[src] = {"seeds": n, "glance": float(g.mean()), "TS (converged)": _mean(_row_ts(r) for r in rows),
+        out[src] = {"seeds": n, "glance": float(g.mean()), "TS (stop rule)": _mean(_row_ts(r) for r in rows),
                     "nearest neighbours": _mean(_row_knn(r) for r in rows), "strongest local": float(t.mean()),
                     "glance − local": float(d.mean()), "sd": sd,
                     "low": None if half is None else float(d.mean()) - half,
@@ -559,7 +559,7 @@ def _controls_means(v: dict[str, Any], val: dict[str, dict[str, Any]]) -> dict[s
     ok = _ok_rows(v)
     diffs = [_minus(r["AU-PRO"], _row_local(r, val)) for r in ok]
     diffs = [d for d in diffs if d is not None]
-    return {"TS (converged)": _mean(_row_ts(r) for r in ok), "nearest neighbours": _mean(_row_knn(r) for r in ok),
+    return {"TS (stop rule)": _mean(_row_ts(r) for r in ok), "nearest neighbours": _mean(_row_knn(r) for r in ok),
             "strongest local": _mean(_row_local(r, val) for r in ok),
             "glance − local": float(np.mean(diffs)) if diffs else None,
             "worst glance − local": min(diffs) if diffs else None, "sources with controls": len(diffs)}
@@ -568,7 +568,7 @@ def _controls_means(v: dict[str, Any], val: dict[str, dict[str, Any]]) -> dict[s
 def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
     """One row per validated preset variant: what it changes, its mean AU-PRO over its sources, and the
     fair local-only controls over the sources that have them (rows of ``controls_version`` 2): the mean of
-    TS trained to convergence, of nearest neighbours and of the strongest of them per source, the mean and
+    TS trained by the held-out stop rule, of nearest neighbours and of the strongest of them per source, the mean and
     the worst of glance − local, and on how many sources that was measured.  Rows written before the fair
     controls show no control.  Seed repeats (:func:`seed_repeats`) are left out: :func:`validation_seeds`
     shows them."""
@@ -601,7 +601,7 @@ def validation_levers(val: dict[str, dict[str, Any]]) -> Any:
     if not out:
         return pd.DataFrame(out)
     return _floats(pd.DataFrame(out).set_index("variant"),
-                   ("AU-PRO", "TS (converged)", "nearest neighbours", "strongest local", "glance − local",
+                   ("AU-PRO", "TS (stop rule)", "nearest neighbours", "strongest local", "glance − local",
                     "worst glance − local", "IAD alone", "DAD alone"))
 
 
