@@ -46,3 +46,11 @@ def test_display_path_never_shows_an_absolute_path(tmp_path, monkeypatch):
     assert display_path(f"npz arrays in {tmp_path / 'cifar10'}") == "npz arrays in <shared>/cifar10"
     assert display_path("torchvision") == "torchvision"
     assert not display_path("/somewhere/else/deep/file.png").startswith("/")
+
+
+def test_live_caveat_only_at_the_smoke_preset():
+    from glance_lite.common.presets import get_preset
+    from glance_lite.experiments.chapters import live_caveat
+
+    assert "say nothing about the method" in live_caveat(get_preset("smoke"))
+    assert live_caveat(get_preset("cpu")) == "" and live_caveat(get_preset("paper")) == ""

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..common.presets import Preset, get_preset
 
 __all__ = ["BOOK_CATEGORY", "REPO_URL", "install_cell_source", "sync_install_cells", "offline_root", "book_run",
-           "mvtec_root"]
+           "mvtec_root", "live_caveat"]
 
 REPO_URL = "https://github.com/glance-lite/glance-lite"
 """The one place that names the repository the chapters' Colab install cell installs from.  A fork
@@ -61,6 +61,16 @@ def sync_install_cells(notebooks: str | Path | None = None, repo: str = REPO_URL
 
 BOOK_CATEGORY = "cable"
 """The offline category the method chapters train on: an object with logical defects."""
+
+
+def live_caveat(preset: Preset) -> str:
+    """What a chapter prints under its live numbers: at the ``smoke`` preset (seconds of training, for the
+    tests) a warning that they say nothing about the method, else nothing.  Used in
+    :doc:`/notebooks/06_mvtec_ad` and :doc:`/notebooks/08_ablation_and_features`."""
+    if preset.name != "smoke":
+        return ""
+    return ("(smoke preset: the model trained for seconds, for the tests, so these live numbers say nothing about "
+            "the method; build the book with GLANCE_PRESET=cpu, or read the results files below.)")
 
 
 def offline_root() -> Path:
