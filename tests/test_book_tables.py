@@ -504,3 +504,13 @@ def test_ts_stops_tells_the_cap_from_the_plateau():
     assert list(df["stop step"]) == [1500, 1100, 1500]
     assert abs(df["still falling"].iloc[0] - (1 / 1201 - 1 / 1501) / (1 / 1201)) < 1e-12
     assert df["still falling"].iloc[1] == 0.0 and df["still falling"].iloc[2] < 0
+
+
+def test_style_never_prints_a_signed_zero():
+    import numpy as np
+    import pandas as pd
+
+    from glance_lite.report.book_tables import STYLE
+
+    html = pd.DataFrame({"a": [-0.0001, -0.25, np.nan], "b": ["x", "y", None]}).style.format(**STYLE).to_html()
+    assert "-0.000" not in html and ">0.000<" in html and ">-0.250<" in html and ">–<" in html and ">x<" in html

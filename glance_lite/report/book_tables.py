@@ -39,8 +39,16 @@ __all__ = ["tables_1_and_2", "results_at_a_glance", "missing_note", "bar_rows", 
            "validation_seeds", "seed_intervals", "context_table", "converged_ts", "fair_controls",
            "strongest_local", "ts_stops", "CONTROL_NAMES", "STYLE"]
 
-STYLE = {"precision": 3, "na_rep": "–"}
-"""``DataFrame.style.format(**STYLE)``: three decimals, a dash for a missing value."""
+def _three(v: Any) -> str:
+    """A float with three decimals, never a signed zero ("-0.000" is a tiny negative rounded away)."""
+    if isinstance(v, (float, np.floating)):
+        s = f"{float(v):.3f}"
+        return "0.000" if s == "-0.000" else s
+    return str(v)
+
+
+STYLE = {"formatter": _three, "na_rep": "–"}
+"""``DataFrame.style.format(**STYLE)``: three decimals (no "-0.000"), a dash for a missing value."""
 
 
 CONTROL_NAMES = {"ts": "TS (stop rule)", "knn": "nearest neighbours"}
@@ -297,7 +305,8 @@ def _sweep_row(category: str, source: str, by_lambda: dict[str, float]) -> dict[
 
 
 def _short_hw(hw: dict[str, Any]) -> str:
-    cores = f"{hw.get('cpu_count')} CPU cores, {hw.get('threads', '?')} threads"
+    t = hw.get("threads", "?")
+    cores = f"{hw.get('cpu_count')} CPU cores, {t} thread{'' if t == 1 else 's'}"
     return hw.get("gpu") or (f"{hw['cpu_model']} ({cores})" if hw.get("cpu_model") else cores)
 
 
