@@ -330,3 +330,34 @@ def test_students_from_before_the_stop_rule_are_refused(tmp_path):
     ens.save(run / "students.pt")
     with pytest.raises(GlanceError, match="older file"):
         run_ts_baseline(run, root, "widget", progress=False)
+
+
+def test_stop_rule_cap_factor_and_the_ts_cap_experiment(tmp_path, monkeypatch):
+    """The cap is a parameter of the rule; ts_cap trains each cap in its own copy of the run, and reuses them."""
+    from glance_lite.baselines.students import stop_rule
+    from glance_lite.experiments import ts_cap
+
+    cpu = get_preset("cpu")
+    assert stop_rule(cpu, 3)["max_steps"] == 1500 and stop_rule(cpu, 3, cap_factor=3.0)["max_steps"] == 3000
+    with pytest.raises(GlanceError):
+        stop_rule(cpu, 3, cap_factor=0.5)
+
+    monkeypatch.setenv("GLANCE_DATA", str(tmp_path / "data"))
+    root = _tiny_dataset(tmp_path / "ds")
+    run = _fake_run(tmp_path / "run")
+    out = tmp_path / "cap.json"
+    args = [str(run), "--data", str(root), "--category", "widget", "--caps", "1,2", "--work", str(tmp_path / "w"),
+            "--out", str(out), "--quiet"]
+    assert ts_cap.main(args) == 0
+    rows = json.loads(out.read_text())["caps"]
+    lo = stop_rule(PRESET, 3)["min_steps"]
+    assert [r["rule"]["max_steps"] for r in rows] == [lo, 2 * lo]
+    for r in rows:
+        assert all(s <= r["rule"]["max_steps"] for s in r["stop_steps"]) and len(r["stop_steps"]) == 3
+        assert set(r["stopped_by"]) <= {"cap", "plateau"} and 0 <= r["AU-PRO"] <= 1
+    assert not (run / "students.pt").exists()  # the run itself is left as it was
+    trained = (tmp_path / "w" / "cap-2" / "students.pt").stat().st_mtime_ns
+    assert ts_cap.main(args) == 0  # re-scored, not retrained
+    assert (tmp_path / "w" / "cap-2" / "students.pt").stat().st_mtime_ns == trained
+    bad = [a if a != "1,2" else "0.5" for a in args]
+    assert ts_cap.main(bad) == 1

@@ -96,6 +96,7 @@ __all__ = [
     "student_seed",
     "fixed_rule",
     "last_window_gain",
+    "stop_reason",
     "has_converged",
     "heldout_loss",
     "default_lr",
@@ -145,17 +146,20 @@ def heldout_patches(preset: Preset) -> int:
     return int(min(HELDOUT_PATCHES, 4 * int(preset.finetune_patches)))
 
 
-def stop_rule(preset: Preset, n_students: int = DEFAULT_STUDENTS) -> dict[str, Any]:
+def stop_rule(preset: Preset, n_students: int = DEFAULT_STUDENTS, cap_factor: float = CAP_FACTOR) -> dict[str, Any]:
     """The convergence rule of the students of a run with this preset (see the module docstring).
 
     ``min_steps = max(preset.finetune_steps // 2, ceil(preset.global_steps / n_students))``, so that the
-    ensemble gets at least the joint stage's optimiser steps; ``max_steps = ceil(1.5 * min_steps)``;
+    ensemble gets at least the joint stage's optimiser steps; ``max_steps = ceil(cap_factor * min_steps)``
+    (:data:`CAP_FACTOR`, 1.5; :mod:`glance_lite.experiments.ts_cap` measures a larger cap);
     the held-out error is evaluated every ``eval_every = max(1, min_steps // 10)`` steps.
     """
     if n_students < 1:
         raise GlanceError(f"need at least one student, got {n_students}")
+    if not cap_factor >= 1:
+        raise GlanceError(f"the cap must be at least min_steps (cap_factor >= 1), got {cap_factor}")
     lo = max(1, int(preset.finetune_steps) // 2, -(-int(preset.global_steps) // int(n_students)))
-    return {"kind": "heldout-plateau", "min_steps": lo, "max_steps": int(np.ceil(CAP_FACTOR * lo)),
+    return {"kind": "heldout-plateau", "min_steps": lo, "max_steps": int(np.ceil(float(cap_factor) * lo)),
             "eval_every": max(1, lo // 10), "tol": STOP_TOL, "window": STOP_WINDOW,
             "heldout_patches": heldout_patches(preset)}
 
@@ -184,6 +188,18 @@ def last_window_gain(steps: list[int], losses: list[float], window: float = STOP
     j = max(i for i, s_ in enumerate(steps) if s_ <= back) if steps[0] <= back else 0
     before, now = float(losses[j]), float(losses[-1])
     return None if before <= 0 else (before - now) / before
+
+
+def stop_reason(curve: dict[str, Any], rule: dict[str, Any]) -> tuple[int, str, float | None]:
+    """How a student with held-out ``curve`` (``{"steps", "loss", "stop_step"}``) stopped under ``rule``:
+    ``(stop step, "cap" or "plateau", fall of its error over the last window)`` -- ``"cap"`` when it stopped
+    at ``max_steps`` with its error still falling by at least ``tol`` (:func:`last_window_gain`).  A fixed
+    rule's students count as stopped by the cap when their error was still falling."""
+    stop = int(curve.get("stop_step", curve["steps"][-1]))
+    gain = last_window_gain(curve["steps"], curve["loss"], float(rule.get("window", STOP_WINDOW)))
+    capped = (rule.get("max_steps") is not None and stop >= int(rule["max_steps"])
+              and gain is not None and gain >= float(rule.get("tol", STOP_TOL)))
+    return stop, ("cap" if capped else "plateau"), gain
 
 
 def has_converged(steps: list[int], losses: list[float], rule: dict[str, Any]) -> bool:
@@ -570,12 +586,14 @@ def fit_students(
     val_fraction: float = VAL_FRACTION,
     stop_after: int | None = None,
     device: str | torch.device | None = None,
+    cap_factor: float = CAP_FACTOR,
 ) -> Path:
     """Train the TS baseline's students for a finished glance-lite run; writes ``run_dir/students.pt``.
 
     The teacher is the run's fine-tuned Local-Net.  Each student trains until it has converged on
     held-out patches (:func:`stop_rule`, :func:`train_until_converged`); ``steps`` instead trains each
-    exactly that many steps (:func:`fixed_rule`).  ``lr`` defaults to :func:`default_lr`.  Resumable:
+    exactly that many steps (:func:`fixed_rule`); ``cap_factor`` sets the rule's cap (:func:`stop_rule`).
+    ``lr`` defaults to :func:`default_lr`.  Resumable:
     the teacher-descriptor pools (training and held-out) are cached in
     ``run_dir/checkpoints/students_cache.pt`` and each student has its own checkpoint and held-out
     curve ``run_dir/checkpoints/students_<k>.pt`` / ``students_<k>_heldout.json``; re-running continues
@@ -597,7 +615,7 @@ def fit_students(
     p = model.preset
     if n_students < 1:
         raise GlanceError(f"need n_students >= 1, got {n_students}")
-    rule = stop_rule(p, n_students) if steps is None else fixed_rule(int(steps), heldout_patches(p))
+    rule = stop_rule(p, n_students, cap_factor) if steps is None else fixed_rule(int(steps), heldout_patches(p))
     lr = default_lr(p) if lr is None else float(lr)
     settings = {"n_students": int(n_students), "rule": rule, "lr": lr, "val_fraction": float(val_fraction),
                 "pool": int(p.finetune_patches), "seed": int(p.seed), "batch_size": int(p.batch_size)}

@@ -86,25 +86,21 @@ def ts_stops(rows: Sequence[dict[str, Any]]) -> Any:
 
     Columns: ``student`` (1..M), ``stop step``, ``stopped by`` (``plateau`` when the held-out error fell by
     less than the rule's ``tol`` over the last ``window`` of its steps, ``cap`` when ``max_steps`` ended it
-    first) and ``still falling`` (that relative fall at the stop,
-    :func:`glance_lite.baselines.students.last_window_gain`), indexed by ``dataset/category``.  Files
+    first) and ``still falling`` (that relative fall at the stop),
+    from :func:`glance_lite.baselines.students.stop_reason`, indexed by ``dataset/category``.  Files
     without a converged TS are left out.  Shown in :doc:`/notebooks/06_mvtec_ad`.
     """
-    from ..baselines.students import last_window_gain
+    from ..baselines.students import stop_reason
 
     out = []
     for r in rows:
         ts = converged_ts(r.get("ts"))
         if ts is None:
             continue
-        rule = ts.get("rule") or {}
         for k, c in enumerate(ts.get("heldout_curves") or []):
-            gain = last_window_gain(c["steps"], c["loss"], float(rule.get("window", 0.2)))
-            stop = c.get("stop_step", c["steps"][-1])
-            capped = rule.get("max_steps") is not None and stop >= int(rule["max_steps"]) and (
-                gain is not None and gain >= float(rule.get("tol", 0.01)))
-            out.append({"category": f"{r.get('dataset')}/{r['category']}", "student": k + 1, "stop step": int(stop),
-                        "stopped by": "cap" if capped else "plateau", "still falling": gain})
+            stop, by, gain = stop_reason(c, ts.get("rule") or {})
+            out.append({"category": f"{r.get('dataset')}/{r['category']}", "student": k + 1, "stop step": stop,
+                        "stopped by": by, "still falling": gain})
     return _pd().DataFrame(out, columns=["category", "student", "stop step", "stopped by",
                                          "still falling"]).set_index("category")
 
