@@ -1,7 +1,8 @@
 """The joint stage's single step (``global_step``, ``draw_global_batch``) is what ``train_global`` runs.
 
 * ``train_global`` equals a plain loop of ``global_step`` + backward + Adam, bit for bit (CPU);
-* the loss arithmetic written out by hand (Eq. 7, 9, 10, as chapter 03 does) equals it to 1e-6;
+* the loss arithmetic written out by hand (Eq. 7, 9, 10, as chapter 03 does) equals it: losses to 1e-6,
+  weights to 1e-5 (Adam turns last-bit gradient differences into weight differences of a few 1e-6 on some CPUs);
 * a wrong loss (lambda_t dropped, or the DAD term dropped) gives other weights, so the checks can fail.
 """
 
@@ -113,14 +114,15 @@ def test_a_wrong_loss_gives_other_weights(tmp_path):
 
 
 def test_eq_7_9_10_written_out_match_the_package(tmp_path):
-    # chapter 03's check: same seed and batches, same losses and weights to 1e-6
+    # chapter 03's check: same seed and batches, same losses to 1e-6 and weights to 1e-5 (Adam divides by each
+    # gradient's running size, so a last-bit difference in a tiny gradient moves a weight by a few 1e-6 on some CPUs)
     p = get_preset("smoke").replace(global_steps=STEPS, checkpoint_every=100, lambda_t=0.5)
     imgs = _images()
     pkg, pkg_losses = _package(p, imgs, tmp_path)
     mine, my_losses = _loop_by_hand(p, imgs)
     torch.testing.assert_close(torch.tensor(my_losses), torch.tensor(pkg_losses), rtol=0, atol=1e-6)
     for k, v in pkg.state_dict().items():
-        torch.testing.assert_close(mine.state_dict()[k], v, rtol=0, atol=1e-6, msg=k)
+        torch.testing.assert_close(mine.state_dict()[k], v, rtol=0, atol=1e-5, msg=k)
     # and the same check catches a loop that drops lambda_t
     wrong, wrong_losses = _loop_by_hand(p, imgs, lambda_t=1.0)
     assert np.abs(wrong_losses[:, 0] - pkg_losses[:, 0]).max() > 1e-3
