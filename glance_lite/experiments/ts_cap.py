@@ -53,8 +53,7 @@ def cap_row(work: Path, data: Path, category: str, cap_factor: float, progress: 
     students.fit_students(work, data, category, progress=progress, cap_factor=cap_factor)
     fit_s = time.perf_counter() - t0
     m = students.evaluate_students(work, data, category, progress=progress)
-    ens = students.StudentEnsemble.from_run(work)
-    info = ens.info
+    info = m["students"]  # the ensemble's settings, curves and seconds, as evaluate_students recorded them
     rule = info["settings"]["rule"]
     curves = info.get("heldout_curves") or []
     why = [students.stop_reason(c, rule) for c in curves]

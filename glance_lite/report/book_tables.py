@@ -82,13 +82,13 @@ def strongest_local(r: dict[str, Any], metric: str = "AU-PRO") -> tuple[str | No
 
 
 def ts_stops(rows: Sequence[dict[str, Any]]) -> Any:
-    """How each converged TS student of the results files stopped: one row per file and student.
+    """How each TS student of the stop rule (:func:`converged_ts`) stopped: one row per file and student.
 
     Columns: ``student`` (1..M), ``stop step``, ``stopped by`` (``plateau`` when the held-out error fell by
     less than the rule's ``tol`` over the last ``window`` of its steps, ``cap`` when ``max_steps`` ended it
     first) and ``still falling`` (that relative fall at the stop),
     from :func:`glance_lite.baselines.students.stop_reason`, indexed by ``dataset/category``.  Files
-    without a converged TS are left out.  Shown in :doc:`/notebooks/06_mvtec_ad`.
+    without such a TS are left out.  Shown in :doc:`/notebooks/06_mvtec_ad`.
     """
     from ..baselines.students import stop_reason
 
